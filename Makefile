@@ -1,0 +1,39 @@
+# robustdx — `make demo` and `make test` set everything up themselves on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-unit test-integration bench lint clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 come from this machine's disk through pip (see FACTS.md)
+	$(PY) -m pip install --quiet -e '.[orchestrate,serve,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with every extra (about 2-3 minutes the first time)
+
+demo: venv  ## synthesise data, train adv-SupCon + fine-tune on CPU, write bundle + report under runs/demo
+	$(VENV)/bin/robustdx demo
+
+test: venv  ## the whole test suite (unit, data, integration, e2e; GPU tests deselected without a GPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv  ## fast unit tests only
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+bench: venv  ## training-step throughput benchmark (writes benchmarks/results/train_throughput.json)
+	$(PY) benchmarks/train_throughput.py
+
+lint: venv  ## ruff
+	$(VENV)/bin/ruff check core flows service tests benchmarks
+
+clean:  ## remove runs and synthetic data (keeps the venv)
+	rm -rf runs data/synthetic .pytest_cache

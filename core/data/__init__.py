@@ -1,0 +1,30 @@
+"""Data sets: WILDS Camelyon17, PCam, BUSI, and a synthetic generator writing their on-disk formats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from robustdx.core.config import DataConfig
+from robustdx.core.data import busi, camelyon17, pcam
+from robustdx.core.data.base import DataError, ImageDataset, Records, Splits, balanced_indices, stratified_split
+from robustdx.core.registry import Registry
+
+_DATASETS: Registry[Callable[[DataConfig, bool], Splits]] = Registry("dataset")
+_DATASETS.register("camelyon17")(camelyon17.build)
+_DATASETS.register("pcam")(pcam.build)
+_DATASETS.register("busi")(busi.build)
+
+
+def build_splits(cfg: DataConfig, two_views: bool = False) -> Splits:
+    """Train/val/test data sets for ``cfg``; ``two_views`` makes training items SupCon view pairs."""
+    return _DATASETS.get(str(cfg.dataset))(cfg, two_views)
+
+
+def list_datasets() -> list[str]:
+    return _DATASETS.list()
+
+
+__all__ = [
+    "DataError", "ImageDataset", "Records", "Splits", "balanced_indices", "build_splits",
+    "list_datasets", "stratified_split",
+]

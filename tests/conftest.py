@@ -1,0 +1,62 @@
+"""Shared fixtures: synthetic data sets in the real on-disk formats and tiny run configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from robustdx.core.config import RunConfig, parse_config
+from robustdx.core.data.synthetic import write_busi, write_camelyon17
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def camelyon_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic WILDS Camelyon17 copy: 5 hospitals x 2 classes x 24 patches of 48 px."""
+    root = tmp_path_factory.mktemp("camelyon17")
+    write_camelyon17(root, per_class=24, size=48, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def busi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic BUSI copy (original layout, masks beside images)."""
+    root = tmp_path_factory.mktemp("busi")
+    write_busi(root, n_benign=20, n_malignant=20, n_normal=10, height=48, width=64, seed=0)
+    return root
+
+
+def tiny_raw(root: Path, out: Path, **over: Any) -> dict[str, Any]:
+    """A raw config mapping for a tiny, fast run on the synthetic Camelyon17 copy."""
+    raw: dict[str, Any] = {
+        "name": "tiny", "seed": 0, "recipe": "adv_supcon_ft", "output_dir": str(out), "progress": False,
+        "data": {"dataset": "camelyon17", "root": str(root), "image_size": 16, "batch_size": 16, "eval_batch_size": 64},
+        "model": {"arch": "test_cnn", "proj_dim": 16, "head_hidden": 16},
+        "attack": {"eps": "4/255", "steps": 2},
+        "eval_attack": {"eps": "4/255", "steps": 3},
+        "pretrain": {"epochs": 2, "lr": 0.003, "max_steps_per_epoch": 3},
+        "finetune": {"epochs": 2, "lr": 0.003, "max_steps_per_epoch": 3},
+        "n_reference": 32,
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            raw[section][field] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+@pytest.fixture
+def tiny_config(camelyon_root: Path, tmp_path: Path) -> RunConfig:
+    return parse_config(tiny_raw(camelyon_root, tmp_path / "runs"))
