@@ -83,7 +83,7 @@ def save_bundle(path: Path | str, model: nn.Module, config: RunConfig, metrics: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "arch": config.model.arch})
+        save_file(state, str(tmp / WEIGHTS))  # no metadata: its key order is not stable, the version must be
         save_file({k: v.detach().contiguous().cpu() for k, v in reference.items()}, str(tmp / REFERENCE))
         payloads = {"config.json": config.model_dump(mode="json"), "metrics.json": metrics, "data_card.json": data_card}
         for name, obj in payloads.items():

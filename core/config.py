@@ -8,6 +8,7 @@ and the fix.
 
 from __future__ import annotations
 
+import copy
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -82,7 +83,10 @@ def _parse_fraction(value: Any) -> Any:
     if isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", value)
         if m:
-            return float(m.group(1)) / float(m.group(2))
+            den = float(m.group(2))
+            if den == 0:
+                raise ValueError(f"{value!r} divides by zero")
+            return float(m.group(1)) / den
     return value
 
 
@@ -146,6 +150,15 @@ class AttackConfig(_Strict):
     space: AttackSpace = Field(AttackSpace.PIXEL, description="'pixel' (correct) or 'normalized' (paper).")
     clamp: bool = Field(True, description="Keep attacked images inside [0, 1].")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fgsm_is_one_step(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") == "fgsm_rs":
+            if data.get("steps", 1) != 1:
+                raise ValueError(f"fgsm_rs takes exactly one step (got steps={data['steps']}); use name=pgd for more")
+            data = {**data, "steps": 1}
+        return data
+
     @model_validator(mode="after")
     def _eps_scale(self) -> AttackConfig:
         if self.space == AttackSpace.PIXEL and self.eps > 1:
@@ -207,6 +220,7 @@ class RunConfig(_Strict):
     output_dir: Path = Field(Path("runs"), description="Where run folders are written.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
     progress: bool = Field(True, description="Show progress bars.")
+    channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on CPU and GPU).")
     n_reference: int = Field(512, ge=16, description="Training embeddings kept in the bundle for drift.")
 
     @property
@@ -250,7 +264,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def parse_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Validate a raw mapping (plus overrides) into a :class:`RunConfig`; raise :class:`ConfigError`."""
-    raw = apply_overrides(dict(raw), overrides or [])
+    raw = apply_overrides(copy.deepcopy(raw), overrides or [])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -24,7 +24,7 @@ from robustdx.core.data import Splits, build_splits
 from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
 from robustdx.core.models import RobustDxNet, build_model
 from robustdx.core.report import write_report
-from robustdx.core.train import EpochCallback, StageResult, Trainer, atomic_write_bytes, resolve_device
+from robustdx.core.train import EpochCallback, StageResult, Trainer, atomic_write_bytes, resolve_device, seed_everything
 
 RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.CE: [(Regime.CE, "pretrain")],
@@ -35,7 +35,7 @@ RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.ADV_SUPCON: [(Regime.ADV_SUPCON, "pretrain")],
     Recipe.ADV_SUPCON_FT: [(Regime.ADV_SUPCON, "pretrain"), (Regime.FINETUNE, "finetune")],
 }
-_VOLATILE = {"progress", "device", "output_dir"}  # may change between a run and its resumption
+_VOLATILE = {"progress", "device", "output_dir", "channels_last"}  # may change between a run and its resumption
 
 
 @dataclass
@@ -105,6 +105,7 @@ def run_recipe(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (),
     run_dir = cfg.run_dir
     _guard_config(cfg, run_dir)
     device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
     model = build_model(cfg.model)
     cache: dict[bool, Splits] = {}
 

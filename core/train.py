@@ -16,7 +16,7 @@ Why the engine is built this way:
 * **Best-by-validation.** The best epoch's weights are kept as ``best.safetensors`` (validation
   accuracy for classifiers; nearest-centroid accuracy for SupCon encoders, which have no head).
 * **Callers hook in** through ``callbacks`` receiving each epoch's metrics (Ray Tune, Prefect).
-* **CUDA**: bf16 autocast and channels_last; the CPU runs plain fp32.
+* **Speed**: channels_last memory format (CPU and CUDA); bf16 autocast on CUDA, plain fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from robustdx.core.attacks import attack_ce, attack_supcon
+from robustdx.core.attacks import channels_like, attack_ce, attack_supcon
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, RunConfig, StageConfig
 from robustdx.core.data import Splits
 from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict
@@ -166,10 +166,7 @@ class SupConStrategy(Strategy):
         b, v = x.shape[:2]
         if adversarial:
             x = attack_supcon(model, x, y, ctx.attack, ctx.stage.temperature)
-        flat = x.flatten(0, 1)
-        if flat.is_cuda:
-            flat = flat.contiguous(memory_format=torch.channels_last)
-        z = model.project(flat).view(b, v, -1)
+        z = model.project(channels_like(x.flatten(0, 1), model)).view(b, v, -1)
         return supcon_loss(z, y, ctx.stage.temperature)
 
     def validate(self, model: nn.Module, splits: Splits, device: torch.device, batch_size: int) -> dict[str, Any]:
@@ -303,7 +300,7 @@ class Trainer:
             load_weights(model, init_weights)
         model.to(self.device)
         cuda = self.device.type == "cuda"
-        if cuda:
+        if self.cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         params = self.strategy.prepare(model)
         opt_cls = torch.optim.AdamW if self.stage.optimizer == "adamw" else torch.optim.Adam
@@ -336,7 +333,7 @@ class Trainer:
                         self.strategy.train_mode(model)
                         x = batch[0].to(self.device, non_blocking=True)
                         y = batch[1].to(self.device, non_blocking=True)
-                        if cuda and x.ndim == 4:
+                        if self.cfg.channels_last and x.ndim == 4:
                             x = x.contiguous(memory_format=torch.channels_last)
                         with autocast:
                             loss = self.strategy.loss(model, x, y, adversarial, ctx)

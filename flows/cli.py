@@ -23,7 +23,7 @@ app = typer.Typer(help="Adversarially robust, interpretable medical image classi
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML preset, e.g. configs/demo.yaml.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set pretrain.epochs=2 (repeatable).")]

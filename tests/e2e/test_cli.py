@@ -1,0 +1,81 @@
+"""The CLI as a user runs it: synthesise data, validate a config, train, inspect and tamper with a bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_raw
+
+pytestmark = pytest.mark.e2e
+
+
+def robustdx(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "robustdx.flows.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_help_lists_commands() -> None:
+    out = robustdx("--help")
+    assert out.returncode == 0
+    for cmd in ("train", "data", "info", "demo"):
+        assert cmd in out.stdout
+
+
+def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = robustdx("data", "synth", "--out", str(data), "--per-class", "12", "--size", "32")
+    assert out.returncode == 0, out.stderr
+    assert (data / "camelyon17_v1.0" / "metadata.csv").is_file()
+    again = robustdx("data", "synth", "--out", str(data))
+    assert "already holds" in again.stdout
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(data, tmp_path / "runs", name="cli")))
+    dry = robustdx("train", "-c", str(cfg), "--set", "pretrain.epochs=1", "--dry-run")
+    assert dry.returncode == 0 and "epochs: 1" in dry.stdout and not (tmp_path / "runs").exists()
+
+    run = robustdx("train", "-c", str(cfg), "--no-progress")
+    assert run.returncode == 0, run.stderr
+    bundle = tmp_path / "runs" / "cli" / "bundle"
+    assert (tmp_path / "runs" / "cli" / "report.md").is_file()
+
+    info = robustdx("info", str(bundle), "--json")
+    assert info.returncode == 0, info.stderr
+    assert '"recipe": "adv_supcon_ft"' in info.stdout
+
+    weights = bundle / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    bad = robustdx("info", str(bundle))
+    assert bad.returncode == 2
+    assert "SHA-256" in bad.stderr and "model.safetensors" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.epoch=3", "Did you mean 'epochs'"),
+        ("attack.eps=8", "8/255"),
+        ("model.arch=resnt18", "resnet18"),
+        ("recipe=adv_supcon_fine", "recipe"),
+        ("data.root=/nonexistent/robustdx-data", "robustdx data synth"),
+    ],
+)
+def test_bad_input_gives_a_clear_message_and_exit_2(override: str, message: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(tmp_path / "nodata", tmp_path / "runs")))
+    out = robustdx("train", "-c", str(cfg), "--set", override)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    out = robustdx("train", "-c", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2 and "does not exist" in out.stderr
