@@ -23,7 +23,8 @@ venv: $(STAMP)  ## create .venv with every extra (about 2-3 minutes the first ti
 demo: venv  ## synthesise data, train adv-SupCon + fine-tune on CPU, write bundle + report under runs/demo
 	$(VENV)/bin/robustdx demo
 
-test: venv  ## the whole test suite (unit, data, integration, e2e; GPU tests deselected without a GPU)
+test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected without a GPU)
+	$(VENV)/bin/ruff check core flows service tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv  ## fast unit tests only

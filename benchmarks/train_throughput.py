@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
 from robustdx.core.losses import supcon_loss
 from robustdx.core.models import build_model
@@ -51,7 +50,7 @@ def authors_step(model, opt, views: torch.Tensor, y: torch.Tensor, eps: float, a
                 delta += alpha * delta.grad.sign()
                 delta.clamp_(-eps, eps)
             delta.grad.zero_()
-        adv.append((x + delta.detach() * std))
+        adv.append(x + delta.detach() * std)
     z = torch.stack([model.project(a) for a in adv], dim=1)
     loss = supcon_loss(z, y, tau)
     loss.backward()
@@ -128,10 +127,19 @@ def main() -> None:
 
     out = {
         "benchmark": "adv_supcon_train_step",
-        "settings": {"arch": args.arch, "image_size": args.size, "batch": args.batch, "views": 2,
-                     "pgd_steps": args.pgd_steps, "threads": args.threads, "device": str(device),
-                     "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-                     "torch": torch.__version__, "warmup": args.warmup, "iters": args.iters},
+        "settings": {
+            "arch": args.arch,
+            "image_size": args.size,
+            "batch": args.batch,
+            "views": 2,
+            "pgd_steps": args.pgd_steps,
+            "threads": args.threads,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "warmup": args.warmup,
+            "iters": args.iters,
+        },
         "baseline_authors_images_per_s": ips(results["authors"]),
         "robustdx_images_per_s": ips(results["robustdx"]),
         "step_seconds": {k: v for k, v in results.items()},

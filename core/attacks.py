@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
-
 from robustdx.core.config import AttackConfig, AttackSpace
 from robustdx.core.losses import cross_entropy, supcon_loss
+from torch import Tensor, nn
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -159,19 +158,20 @@ def attack_supcon(model: nn.Module, views: Tensor, y: Tensor, cfg: AttackConfig,
         y: ``[B]`` labels.
 
     Returns:
-        Attacked views, same shape. Each view gets its own δ; the loss couples the batch, so the
-        restart selection uses each image's summed anchor losses.
+        Attacked views, same shape. Every view gets its own δ (the views are attacked as one
+        ``[B·V, C, H, W]`` batch in the model's memory format); the loss couples the batch, so
+        restarts keep, per view, the δ with the larger anchor loss.
     """
     b, v = views.shape[:2]
-
+    flat = channels_like(views.flatten(0, 1), model)
     with frozen_eval(model):
         net = fold_batchnorm(model)
 
         def loss_fn(xa: Tensor) -> Tensor:
-            z = net.project(channels_like(xa.flatten(0, 1), model)).view(b, v, -1)
-            return supcon_loss(z, y, temperature, reduction="none").view(v, b).sum(0)
+            per_anchor = supcon_loss(net.project(xa).view(b, v, -1), y, temperature, reduction="none")
+            return per_anchor.view(v, b).T.reshape(-1)  # view-major anchors -> the order of ``flat``
 
-        return pgd(loss_fn, views, cfg, _scale(model, cfg, views))
+        return pgd(loss_fn, flat, cfg, _scale(model, cfg, flat)).view(views.shape)
 
 
 def channels_like(x: Tensor, model: nn.Module) -> Tensor:

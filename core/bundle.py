@@ -26,22 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from robustdx.core.config import RunConfig
+from robustdx.core.errors import BundleError
+from robustdx.core.models import RobustDxNet, build_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-
-from robustdx.core.config import RunConfig
-from robustdx.core.models import RobustDxNet, build_model
 
 FORMAT = "robustdx-bundle/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 REFERENCE = "reference.safetensors"
 JSON_FILES = ("config.json", "metrics.json", "data_card.json")
-
-
-class BundleError(ValueError):
-    """A bundle cannot be trusted or used; the message says which file and why."""
 
 
 def sha256_file(path: Path) -> str:
@@ -69,8 +65,14 @@ class Bundle:
         return self.manifest["files"][WEIGHTS]["sha256"][:12]
 
 
-def save_bundle(path: Path | str, model: nn.Module, config: RunConfig, metrics: dict[str, Any],
-                data_card: dict[str, Any], reference: dict[str, Tensor]) -> Path:
+def save_bundle(
+    path: Path | str,
+    model: nn.Module,
+    config: RunConfig,
+    metrics: dict[str, Any],
+    data_card: dict[str, Any],
+    reference: dict[str, Tensor],
+) -> Path:
     """Write a bundle folder atomically (built in a temporary sibling, then renamed into place).
 
     Raises:
@@ -88,10 +90,16 @@ def save_bundle(path: Path | str, model: nn.Module, config: RunConfig, metrics: 
         payloads = {"config.json": config.model_dump(mode="json"), "metrics.json": metrics, "data_card.json": data_card}
         for name, obj in payloads.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        files = {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
-                 for n in (WEIGHTS, REFERENCE, *JSON_FILES)}
-        manifest = {"format": FORMAT, "arch": config.model.arch, "created": datetime.now(UTC).isoformat(),
-                    "torch": torch.__version__, "files": files}
+        files = {
+            n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in (WEIGHTS, REFERENCE, *JSON_FILES)
+        }
+        manifest = {
+            "format": FORMAT,
+            "arch": config.model.arch,
+            "created": datetime.now(UTC).isoformat(),
+            "torch": torch.__version__,
+            "files": files,
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -157,5 +165,12 @@ def load_bundle(path: Path | str, map_location: str | torch.device = "cpu") -> B
         first = str(err).splitlines()[:4]
         raise BundleError(f"{path}: weights do not fit architecture {config.model.arch!r}: {' '.join(first)}") from None
     model.eval()
-    return Bundle(path, model, config, json.loads((path / "metrics.json").read_text()),
-                  json.loads((path / "data_card.json").read_text()), reference, manifest)
+    return Bundle(
+        path,
+        model,
+        config,
+        json.loads((path / "metrics.json").read_text()),
+        json.loads((path / "data_card.json").read_text()),
+        reference,
+        manifest,
+    )

@@ -16,12 +16,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-
+from robustdx.core.errors import ConfigError
 from robustdx.core.registry import suggest
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names each bad field."""
 
 
 class Regime(StrEnum):
@@ -162,9 +158,7 @@ class AttackConfig(_Strict):
     @model_validator(mode="after")
     def _eps_scale(self) -> AttackConfig:
         if self.space == AttackSpace.PIXEL and self.eps > 1:
-            raise ValueError(
-                f"got eps={self.eps:g} but inputs are in [0, 1]: did you mean {self.eps:g}/255?"
-            )
+            raise ValueError(f"got eps={self.eps:g} but inputs are in [0, 1]: did you mean {self.eps:g}/255?")
         return self
 
     @property
@@ -180,8 +174,7 @@ class AttackConfig(_Strict):
     def paper(cls) -> AttackConfig:
         """The authors' settings, for comparison only: ε=0.2, step 0.01 in ImageNet-normalised
         space, no random start, no clamp to the valid pixel range (SCIENCE.md weakness 1)."""
-        return cls(name="pgd", eps=0.2, steps=10, step_size=0.01, random_start=False,
-                   space=AttackSpace.NORMALIZED, clamp=False)
+        return cls(name="pgd", eps=0.2, steps=10, step_size=0.01, random_start=False, space=AttackSpace.NORMALIZED, clamp=False)
 
 
 class StageConfig(_Strict):
@@ -214,9 +207,7 @@ class RunConfig(_Strict):
         description="Attack used to measure robust accuracy on the test split.",
     )
     pretrain: StageConfig = Field(default_factory=StageConfig, description="First stage (CE or SupCon).")
-    finetune: StageConfig = Field(
-        default_factory=lambda: StageConfig(lr=1e-3), description="Fine-tuning stage of *_ft recipes."
-    )
+    finetune: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-3), description="Fine-tuning stage of *_ft recipes.")
     output_dir: Path = Field(Path("runs"), description="Where run folders are written.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
     progress: bool = Field(True, description="Show progress bars.")

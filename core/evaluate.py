@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
-
 from robustdx.core.attacks import attack_ce
 from robustdx.core.config import AttackConfig
 from robustdx.core.losses import cross_entropy
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 @torch.no_grad()
@@ -56,8 +55,15 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, groups: np.nda
     return out
 
 
-def robust_accuracy(model: nn.Module, dataset: Dataset, cfg: AttackConfig, device: torch.device,
-                    batch_size: int = 64, max_n: int | None = 256, seed: int = 0) -> dict[str, float]:
+def robust_accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: AttackConfig,
+    device: torch.device,
+    batch_size: int = 64,
+    max_n: int | None = 256,
+    seed: int = 0,
+) -> dict[str, float]:
     """Accuracy on PGD examples (clean accuracy on the same items alongside) for at most ``max_n`` items."""
     n = len(dataset) if max_n is None else min(len(dataset), max_n)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
@@ -74,8 +80,9 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, cfg: AttackConfig, devic
 
 
 @torch.no_grad()
-def embeddings(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128,
-               max_n: int | None = None) -> tuple[Tensor, Tensor]:
+def embeddings(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128, max_n: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Encoder features and labels of (the first ``max_n`` items of) ``dataset``."""
     n = len(dataset) if max_n is None else min(len(dataset), max_n)
     was = model.training

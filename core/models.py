@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-
 from robustdx.core.config import ModelConfig
 from robustdx.core.registry import Registry
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,8 +68,11 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 def test_cnn() -> tuple[nn.Module, int]:
     """Tiny 3-layer CNN with BatchNorm (~24k parameters) for tests and CPU demos at 32-64 px."""
     net = nn.Sequential(
-        _conv_bn(3, 16, 1), _conv_bn(16, 32, 2), _conv_bn(32, 64, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        _conv_bn(3, 16, 1),
+        _conv_bn(16, 32, 2),
+        _conv_bn(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     return net, 64
 
@@ -90,8 +92,11 @@ class Normalize(nn.Module):
 def make_classifier_head(in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
     """The paper's 1-layer MLP head: Linear -> BatchNorm -> ReLU -> Dropout -> Linear."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-        nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+        nn.Linear(in_dim, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
     )
 
 

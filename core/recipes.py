@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
-
 from robustdx.core.bundle import load_bundle, save_bundle
 from robustdx.core.config import ConfigError, Recipe, Regime, RunConfig, dump_config
 from robustdx.core.data import Splits, build_splits
@@ -25,6 +23,7 @@ from robustdx.core.evaluate import centroid_accuracy, classification_metrics, em
 from robustdx.core.models import RobustDxNet, build_model
 from robustdx.core.report import write_report
 from robustdx.core.train import EpochCallback, StageResult, Trainer, atomic_write_bytes, resolve_device, seed_everything
+from torch.utils.data import DataLoader
 
 RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.CE: [(Regime.CE, "pretrain")],
@@ -71,8 +70,9 @@ def _guard_config(cfg: RunConfig, run_dir: Path) -> None:
         saved.write_text(dump_config(cfg))
 
 
-def evaluate_model(model: RobustDxNet, cfg: RunConfig, splits: Splits, device: torch.device,
-                   max_robust: int | None = 256) -> dict[str, Any]:
+def evaluate_model(
+    model: RobustDxNet, cfg: RunConfig, splits: Splits, device: torch.device, max_robust: int | None = 256
+) -> dict[str, Any]:
     """Clean test metrics (per hospital/group too) and robust accuracy under ``cfg.eval_attack``."""
     model.to(device).eval()
     bs = cfg.data.eval_batch_size
@@ -89,7 +89,9 @@ def evaluate_model(model: RobustDxNet, cfg: RunConfig, splits: Splits, device: t
     return out
 
 
-def reference_statistics(model: RobustDxNet, splits: Splits, device: torch.device, n: int, classifier: bool) -> dict[str, torch.Tensor]:
+def reference_statistics(
+    model: RobustDxNet, splits: Splits, device: torch.device, n: int, classifier: bool
+) -> dict[str, torch.Tensor]:
     """Training-set embeddings (and class probabilities) kept in the bundle as the drift reference."""
     feats, labels = embeddings(model, splits.train_eval, device, max_n=n)
     ref = {"embeddings": feats, "labels": labels}
@@ -99,8 +101,9 @@ def reference_statistics(model: RobustDxNet, splits: Splits, device: torch.devic
     return ref
 
 
-def run_recipe(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (),
-               log: Callable[[str], None] = lambda _m: None) -> RunResult:
+def run_recipe(
+    cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), log: Callable[[str], None] = lambda _m: None
+) -> RunResult:
     """Train every stage of ``cfg.recipe``, evaluate, bundle and report; resumable at every step."""
     run_dir = cfg.run_dir
     _guard_config(cfg, run_dir)
@@ -117,8 +120,14 @@ def run_recipe(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (),
     stages: list[StageResult] = []
     for i, (regime, key) in enumerate(RECIPES[cfg.recipe]):
         stage_cfg = getattr(cfg, key)
-        trainer = Trainer(cfg, regime, stage_cfg, splits_for(regime in (Regime.SUPCON, Regime.ADV_SUPCON)),
-                          run_dir / f"{i + 1}-{regime}", callbacks)
+        trainer = Trainer(
+            cfg,
+            regime,
+            stage_cfg,
+            splits_for(regime in (Regime.SUPCON, Regime.ADV_SUPCON)),
+            run_dir / f"{i + 1}-{regime}",
+            callbacks,
+        )
         log(f"stage {i + 1}/{len(RECIPES[cfg.recipe])}: {regime} ({stage_cfg.epochs} epochs) on {device}")
         stages.append(trainer.fit(model))
     splits = splits_for(False)
@@ -128,8 +137,16 @@ def run_recipe(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (),
     else:
         log("evaluating on the test split (clean and PGD)")
         metrics = evaluate_model(model, cfg, splits, device)
-        metrics["stages"] = [{"regime": s.regime, "monitor": s.monitor, "best_score": s.best_score,
-                              "best_epoch": s.best_epoch, "seconds": s.seconds} for s in stages]
+        metrics["stages"] = [
+            {
+                "regime": s.regime,
+                "monitor": s.monitor,
+                "best_score": s.best_score,
+                "best_epoch": s.best_epoch,
+                "seconds": s.seconds,
+            }
+            for s in stages
+        ]
         ref = reference_statistics(model, splits, device, cfg.n_reference, has_classifier(cfg.recipe))
         save_bundle(bundle_path, model.cpu(), cfg, metrics, splits.card(), ref)
         atomic_write_bytes(metrics_path, lambda p: p.write_text(json.dumps(metrics, indent=2)))

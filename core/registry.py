@@ -56,9 +56,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             names = sorted(self._items)
-            raise KeyError(
-                f"unknown {self.kind} {name!r}.{suggest(name, names)} Valid: {', '.join(names)}"
-            ) from None
+            raise KeyError(f"unknown {self.kind} {name!r}.{suggest(name, names)} Valid: {', '.join(names)}") from None
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a glob ``pattern``, sorted."""

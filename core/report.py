@@ -36,25 +36,44 @@ def write_report(path: Path, cfg: RunConfig, stages: list[StageResult], metrics:
     ]
     for s in stages:
         lines.append(f"## Stage `{s.regime}` — best {s.monitor} {s.best_score:.4f} at epoch {s.best_epoch} ({s.seconds:.1f} s)\n")
-        cols = [c for c in ("epoch", "train_loss", "train_adv_loss", "val_acc", "val_auc", "val_centroid_acc", "lr")
-                if any(c in h for h in s.history)]
+        cols = [
+            c
+            for c in ("epoch", "train_loss", "train_adv_loss", "val_acc", "val_auc", "val_centroid_acc", "lr")
+            if any(c in h for h in s.history)
+        ]
         lines.append(markdown_table(s.history, cols))
     lines.append("## Test results\n")
     if "robust" in metrics:
         t, r = metrics["test"], metrics["robust"]
         e = cfg.eval_attack
-        lines.append(markdown_table([{
-            "accuracy": t["acc"], "balanced acc": t["bal_acc"], "AUC": t["auc"],
-            "worst-group acc": t.get("worst_group_acc", ""),
-            f"robust acc (PGD-{e.steps}, ε={e.eps * 255:.1f}/255, n={r['n']})": r["robust_acc"],
-        }], ["accuracy", "balanced acc", "AUC", "worst-group acc",
-             f"robust acc (PGD-{e.steps}, ε={e.eps * 255:.1f}/255, n={r['n']})"]))
+        lines.append(
+            markdown_table(
+                [
+                    {
+                        "accuracy": t["acc"],
+                        "balanced acc": t["bal_acc"],
+                        "AUC": t["auc"],
+                        "worst-group acc": t.get("worst_group_acc", ""),
+                        f"robust acc (PGD-{e.steps}, ε={e.eps * 255:.1f}/255, n={r['n']})": r["robust_acc"],
+                    }
+                ],
+                [
+                    "accuracy",
+                    "balanced acc",
+                    "AUC",
+                    "worst-group acc",
+                    f"robust acc (PGD-{e.steps}, ε={e.eps * 255:.1f}/255, n={r['n']})",
+                ],
+            )
+        )
         groups = t.get("group_acc", {})
         if groups:
             lines.append("\nPer-group test accuracy: " + ", ".join(f"group {g}: {v:.3f}" for g, v in groups.items()))
     else:
-        lines.append(f"Encoder only (no classifier head): nearest-centroid accuracy val "
-                     f"{metrics['val']['centroid_acc']:.4f}, test {metrics['test']['centroid_acc']:.4f}.")
+        lines.append(
+            f"Encoder only (no classifier head): nearest-centroid accuracy val "
+            f"{metrics['val']['centroid_acc']:.4f}, test {metrics['test']['centroid_acc']:.4f}."
+        )
     lines.append("\nOne seed; robust accuracy on the first n test images. Repeat over seeds before drawing conclusions.\n")
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -34,16 +34,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
-
-from robustdx.core.attacks import channels_like, attack_ce, attack_supcon
+from robustdx.core.attacks import attack_ce, attack_supcon, channels_like
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, RunConfig, StageConfig
 from robustdx.core.data import Splits
 from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.registry import Registry
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 EpochCallback = Callable[[dict[str, Any]], None]
 CHECKPOINT = "last.pt"
@@ -240,8 +239,14 @@ class _Progress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
 
     def __enter__(self) -> _Progress:
         if self.bar:
@@ -272,8 +277,15 @@ class Trainer:
         callbacks: called after every epoch with that epoch's metrics.
     """
 
-    def __init__(self, cfg: RunConfig, regime: Regime | str, stage: StageConfig, splits: Splits,
-                 stage_dir: Path, callbacks: Iterable[EpochCallback] = ()) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        regime: Regime | str,
+        stage: StageConfig,
+        splits: Splits,
+        stage_dir: Path,
+        callbacks: Iterable[EpochCallback] = (),
+    ) -> None:
         self.cfg, self.stage, self.splits = cfg, stage, splits
         self.regime = str(regime)
         self.strategy = create_strategy(regime, stage)
@@ -284,9 +296,16 @@ class Trainer:
     def _loader(self, epoch: int) -> DataLoader:
         g = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
         bs = self.cfg.data.batch_size
-        return DataLoader(self.splits.train, batch_size=bs, shuffle=True, generator=g,
-                          drop_last=len(self.splits.train) > bs, num_workers=self.cfg.data.num_workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return DataLoader(
+            self.splits.train,
+            batch_size=bs,
+            shuffle=True,
+            generator=g,
+            drop_last=len(self.splits.train) > bs,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def fit(self, model: nn.Module, init_weights: Path | None = None) -> StageResult:
         """Train to the configured number of epochs and leave the best weights loaded in ``model``."""
@@ -323,7 +342,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 seed_everything(epoch_seed(self.cfg.seed, epoch))
                 loader = self._loader(epoch)
-                steps = len(loader) if self.stage.max_steps_per_epoch is None else min(len(loader), self.stage.max_steps_per_epoch)
+                steps = (
+                    len(loader) if self.stage.max_steps_per_epoch is None else min(len(loader), self.stage.max_steps_per_epoch)
+                )
                 task = progress.task(f"{self.regime} epoch {epoch + 1}/{self.stage.epochs}", steps * len(passes))
                 losses: dict[str, list[float]] = {}
                 for adversarial in passes:
@@ -338,7 +359,9 @@ class Trainer:
                         with autocast:
                             loss = self.strategy.loss(model, x, y, adversarial, ctx)
                         if not torch.isfinite(loss):
-                            raise FloatingPointError(f"{self.regime}: non-finite loss {loss.item()} at epoch {epoch + 1}, step {i}")
+                            raise FloatingPointError(
+                                f"{self.regime}: non-finite loss {loss.item()} at epoch {epoch + 1}, step {i}"
+                            )
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -357,9 +380,16 @@ class Trainer:
                     save_weights(model, self.dir / BEST)
                 metrics["best_score"] = best
                 history.append(metrics)
-                state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "best_score": best, "best_epoch": best_epoch,
-                         "history": history, "seconds": seconds}
+                state = {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "best_score": best,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "seconds": seconds,
+                }
                 atomic_write_bytes(ckpt, lambda p, s=state: torch.save(s, p))
                 lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
                 atomic_write_bytes(self.dir / "metrics.jsonl", lambda p, t=lines: p.write_text(t))

@@ -13,13 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from robustdx.core.config import dump_config, load_config
+from robustdx.core.errors import BundleError, ConfigError, DataError
 
-from robustdx.core.bundle import BundleError, load_bundle
-from robustdx.core.config import ConfigError, dump_config, load_config
-from robustdx.core.data import DataError
-
-app = typer.Typer(help="Adversarially robust, interpretable medical image classification.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Adversarially robust, interpretable medical image classification.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -59,8 +61,13 @@ def _print_metrics(metrics: dict) -> None:
         table.add_column(col)
     if "robust" in metrics:
         t, r = metrics["test"], metrics["robust"]
-        table.add_row("test", f"{t['acc']:.4f}", f"{t['bal_acc']:.4f}", f"{t['auc']:.4f}",
-                      f"{r['robust_acc']:.4f} (ε={r['eps'] * 255:.1f}/255, n={r['n']})")
+        table.add_row(
+            "test",
+            f"{t['acc']:.4f}",
+            f"{t['bal_acc']:.4f}",
+            f"{t['auc']:.4f}",
+            f"{r['robust_acc']:.4f} (ε={r['eps'] * 255:.1f}/255, n={r['n']})",
+        )
     else:
         table.add_row("test", f"centroid {metrics['test']['centroid_acc']:.4f}", "", "", "")
     console.print(table)
@@ -81,7 +88,9 @@ def train(
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set into.")],
     format_: Annotated[str, typer.Option("--format", "-f", help="On-disk layout: camelyon17 (WILDS) or busi.")] = "camelyon17",
-    per_class: Annotated[int, typer.Option(min=2, help="camelyon17: patches per class per hospital; busi: images per class.")] = 40,
+    per_class: Annotated[
+        int, typer.Option(min=2, help="camelyon17: patches per class per hospital; busi: images per class.")
+    ] = 40,
     size: Annotated[int, typer.Option(min=16, max=512, help="Patch side (camelyon17) or image height (busi), pixels.")] = 96,
     seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same files).")] = 0,
     force: Annotated[bool, typer.Option(help="Write even if the folder already holds a data set.")] = False,
@@ -99,8 +108,15 @@ def data_synth(
         if format_ == "camelyon17":
             folder = synthetic.write_camelyon17(out, per_class=per_class, size=size, seed=seed)
         else:
-            folder = synthetic.write_busi(out, n_benign=per_class, n_malignant=per_class, n_normal=max(2, per_class // 2),
-                                          height=size, width=size * 4 // 3, seed=seed)
+            folder = synthetic.write_busi(
+                out,
+                n_benign=per_class,
+                n_malignant=per_class,
+                n_normal=max(2, per_class // 2),
+                height=size,
+                width=size * 4 // 3,
+                seed=seed,
+            )
     console.print(f"wrote {folder}")
 
 
@@ -110,20 +126,32 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Verify a model bundle (SHA-256 of every file, architecture) and show what it holds."""
+    from robustdx.core.bundle import load_bundle
+
     try:
         b = load_bundle(bundle)
     except BundleError as err:
         _fail(err)
         return
-    summary = {"path": str(b.path), "version": b.version, "arch": b.config.model.arch, "recipe": str(b.config.recipe),
-               "dataset": str(b.config.data.dataset), "image_size": b.config.data.image_size,
-               "created": b.manifest["created"], "metrics": {k: v for k, v in b.metrics.items() if k != "stages"},
-               "reference": {k: list(v.shape) for k, v in b.reference.items()}}
+    summary = {
+        "path": str(b.path),
+        "version": b.version,
+        "arch": b.config.model.arch,
+        "recipe": str(b.config.recipe),
+        "dataset": str(b.config.data.dataset),
+        "image_size": b.config.data.image_size,
+        "created": b.manifest["created"],
+        "metrics": {k: v for k, v in b.metrics.items() if k != "stages"},
+        "reference": {k: list(v.shape) for k, v in b.reference.items()},
+    }
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     console.print(f"[green]verified[/] bundle {b.path} — version [bold]{b.version}[/]")
-    console.print(f"{summary['recipe']} on {summary['dataset']} ({summary['arch']} @ {summary['image_size']} px), created {summary['created']}")
+    console.print(
+        f"{summary['recipe']} on {summary['dataset']} ({summary['arch']} @ {summary['image_size']} px), "
+        f"created {summary['created']}"
+    )
     _print_metrics(b.metrics)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data.synthetic import write_busi, write_camelyon17
 
@@ -39,7 +38,11 @@ def busi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_raw(root: Path, out: Path, **over: Any) -> dict[str, Any]:
     """A raw config mapping for a tiny, fast run on the synthetic Camelyon17 copy."""
     raw: dict[str, Any] = {
-        "name": "tiny", "seed": 0, "recipe": "adv_supcon_ft", "output_dir": str(out), "progress": False,
+        "name": "tiny",
+        "seed": 0,
+        "recipe": "adv_supcon_ft",
+        "output_dir": str(out),
+        "progress": False,
         "data": {"dataset": "camelyon17", "root": str(root), "image_size": 16, "batch_size": 16, "eval_batch_size": 64},
         "model": {"arch": "test_cnn", "proj_dim": 16, "head_hidden": 16},
         "attack": {"eps": "4/255", "steps": 2},

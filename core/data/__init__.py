@@ -25,6 +25,12 @@ def list_datasets() -> list[str]:
 
 
 __all__ = [
-    "DataError", "ImageDataset", "Records", "Splits", "balanced_indices", "build_splits",
-    "list_datasets", "stratified_split",
+    "DataError",
+    "ImageDataset",
+    "Records",
+    "Splits",
+    "balanced_indices",
+    "build_splits",
+    "list_datasets",
+    "stratified_split",
 ]

@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from robustdx.core.config import DataConfig
+from robustdx.core.data.transforms import TwoViews, eval_transform, train_transform
+from robustdx.core.errors import DataError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from robustdx.core.config import DataConfig
-from robustdx.core.data.transforms import TwoViews, eval_transform, train_transform
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class DataError(ValueError):
-    """A data set cannot be read; the message names the path and what to do."""
 
 
 def open_rgb(path: Path | str) -> Image.Image:

@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-
 from robustdx.core.config import DataConfig
 from robustdx.core.data.base import DataError, Records, Splits, list_images, make_splits, open_rgb, stratified_split
 
@@ -28,7 +27,9 @@ def image_folder(root: Path) -> Records:
         labels += [label] * len(found)
     return Records(
         loaders=[partial(open_rgb, f) for f in files],
-        labels=np.asarray(labels), groups=np.zeros(len(files), dtype=int), names=[str(f) for f in files],
+        labels=np.asarray(labels),
+        groups=np.zeros(len(files), dtype=int),
+        names=[str(f) for f in files],
     )
 
 

@@ -71,8 +71,14 @@ def _to_png(img: np.ndarray, path: Path) -> None:
     Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8), mode=mode).save(path)
 
 
-def write_camelyon17(root: Path | str, per_class: int = 40, size: int = 96, seed: int = 0,
-                     patients_per_center: int = 2, id_val_fraction: float = 0.1) -> Path:
+def write_camelyon17(
+    root: Path | str,
+    per_class: int = 40,
+    size: int = 96,
+    seed: int = 0,
+    patients_per_center: int = 2,
+    id_val_fraction: float = 0.1,
+) -> Path:
     """Write a WILDS-format Camelyon17 copy with 5 hospitals under ``root``; returns the data folder.
 
     Args:
@@ -94,11 +100,14 @@ def write_camelyon17(root: Path | str, per_class: int = 40, size: int = 96, seed
             patient, node, slide = f"{p:03d}", center % 5, p
             x, y = 100 + 96 * k, 200 + 96 * (k % 7)
             img = apply_stain(histology_patch(rng, bool(tumor), size), tint, bright)
-            _to_png(img, folder / "patches" / f"patient_{patient}_node_{node}"
-                    / f"patch_patient_{patient}_node_{node}_x_{x}_y_{y}.png")
+            _to_png(
+                img,
+                folder / "patches" / f"patient_{patient}_node_{node}" / f"patch_patient_{patient}_node_{node}_x_{x}_y_{y}.png",
+            )
             split = int(center in TRAIN_CENTERS and rng.random() < id_val_fraction)
-            rows.append(dict(patient=patient, node=node, x_coord=x, y_coord=y, tumor=tumor,
-                             slide=slide, center=center, split=split))
+            rows.append(
+                dict(patient=patient, node=node, x_coord=x, y_coord=y, tumor=tumor, slide=slide, center=center, split=split)
+            )
     pd.DataFrame(rows).to_csv(folder / "metadata.csv")
     return folder
 
@@ -114,10 +123,13 @@ def _lesion(rng: np.random.Generator, h: int, w: int, malignant: bool) -> tuple[
     return (np.hypot(yy - cy, xx - cx) <= radius).astype(np.float32), (cy, cx, r)
 
 
-def ultrasound_image(rng: np.random.Generator, kind: str, h: int = 96, w: int = 128,
-                     second_lesion: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def ultrasound_image(
+    rng: np.random.Generator, kind: str, h: int = 96, w: int = 128, second_lesion: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """A speckled greyscale image in [0, 1] and its lesion masks (none for ``normal``)."""
-    base = 0.45 + 0.2 * np.asarray(Image.fromarray((rng.random((6, 8)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)) / 255
+    base = (
+        0.45 + 0.2 * np.asarray(Image.fromarray((rng.random((6, 8)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)) / 255
+    )
     depth = np.linspace(1.0, 0.7, h)[:, None]
     img = base * depth
     masks: list[np.ndarray] = []
@@ -134,8 +146,15 @@ def ultrasound_image(rng: np.random.Generator, kind: str, h: int = 96, w: int = 
     return np.clip(img * speckle / 0.44, 0, 1), masks
 
 
-def write_busi(root: Path | str, n_benign: int = 30, n_malignant: int = 30, n_normal: int = 15,
-               height: int = 96, width: int = 128, seed: int = 0) -> Path:
+def write_busi(
+    root: Path | str,
+    n_benign: int = 30,
+    n_malignant: int = 30,
+    n_normal: int = 15,
+    height: int = 96,
+    width: int = 128,
+    seed: int = 0,
+) -> Path:
     """Write a BUSI-layout copy under ``root``; every 10th benign image has two lesions."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "Dataset_BUSI_with_GT"

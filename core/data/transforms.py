@@ -23,15 +23,17 @@ def train_transform(size: int, augment: bool = True) -> v2.Compose:
     """Training transform: the eval transform plus flips, colour jitter and greyscale."""
     if not augment:
         return eval_transform(size)
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((size, size), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((size, size), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 class TwoViews:

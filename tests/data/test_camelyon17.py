@@ -32,8 +32,7 @@ def _metadata(root: Path) -> pd.DataFrame:
 
 def _patch_path(root: Path, row) -> Path:
     p, n = row.patient, row.node
-    return (_folder(root) / "patches" / f"patient_{p}_node_{n}"
-            / f"patch_patient_{p}_node_{n}_x_{row.x_coord}_y_{row.y_coord}.png")
+    return _folder(root) / "patches" / f"patient_{p}_node_{n}" / f"patch_patient_{p}_node_{n}_x_{row.x_coord}_y_{row.y_coord}.png"
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -65,8 +65,7 @@ def test_real_pcam_splits() -> None:
 def test_real_pcam_split_seed_changes_holdout() -> None:
     a = build_splits(DataConfig(dataset="pcam", root=REAL_PCAM, image_size=32, n_train=10, n_val=10, n_test=10))
     b = build_splits(DataConfig(dataset="pcam", root=REAL_PCAM, image_size=32, n_train=10, n_val=10, n_test=10))
-    c = build_splits(DataConfig(dataset="pcam", root=REAL_PCAM, image_size=32, n_train=10, n_val=10,
-                                n_test=10, split_seed=5))
+    c = build_splits(DataConfig(dataset="pcam", root=REAL_PCAM, image_size=32, n_train=10, n_val=10, n_test=10, split_seed=5))
     assert a.val.records.names == b.val.records.names
     assert a.train.records.names == b.train.records.names
     assert set(a.val.records.names) != set(c.val.records.names)

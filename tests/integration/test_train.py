@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from robustdx.core.bundle import load_bundle
 from robustdx.core.config import ConfigError, Recipe, parse_config
 from robustdx.core.recipes import RECIPES, has_classifier, run_recipe
+from safetensors.torch import load_file
+
 from tests.conftest import tiny_raw
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_every_recipe_trains_bundles_and_reports(recipe: str, camelyon_root: Pat
             assert all(torch.isfinite(torch.tensor(v)) for k, v in h.items() if k.startswith("train_"))
         adversarial = stage.regime.startswith("adv_")
         assert ("train_adv_loss" in stage.history[0]) == adversarial
-        assert ("train_loss" in stage.history[0])  # the paper's clean pass precedes the adversarial one
+        assert "train_loss" in stage.history[0]  # the paper's clean pass precedes the adversarial one
     bundle = load_bundle(result.bundle)
     assert bundle.config.recipe == recipe
     if has_classifier(Recipe(recipe)):
@@ -116,8 +116,9 @@ def test_exact_resume_after_kill_9(camelyon_root: Path, tmp_path: Path) -> None:
     raw["output_dir"] = str(tmp_path / "killed")
     cfg = _write_cfg(tmp_path / "killed.yaml", raw)
     stage_metrics = tmp_path / "killed" / "resume" / "1-adv_supcon" / "metrics.jsonl"
-    proc = subprocess.Popen(_robustdx("train", "-c", str(cfg), "--no-progress"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _robustdx("train", "-c", str(cfg), "--no-progress"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if stage_metrics.is_file() and len(stage_metrics.read_text().splitlines()) >= 2:

@@ -49,8 +49,11 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 def _reference() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"embeddings": torch.randn(32, 64, generator=g), "probs": torch.rand(32, 2, generator=g),
-            "labels": torch.arange(32) % 2}
+    return {
+        "embeddings": torch.randn(32, 64, generator=g),
+        "probs": torch.rand(32, 2, generator=g),
+        "labels": torch.arange(32) % 2,
+    }
 
 
 @pytest.fixture
@@ -117,8 +120,7 @@ def test_different_weights_different_version(tmp_path: Path) -> None:
 
 def test_same_weights_same_version(tmp_path: Path) -> None:
     model, cfg, ref = _model(0), _config(tmp_path), _reference()
-    versions = {load_bundle(save_bundle(tmp_path / f"b{i}", model, cfg, METRICS, CARD, ref)).version
-                for i in range(16)}
+    versions = {load_bundle(save_bundle(tmp_path / f"b{i}", model, cfg, METRICS, CARD, ref)).version for i in range(16)}
     assert len(versions) == 1, versions
 
 
@@ -273,7 +275,7 @@ def _call_texts(text: str, needle: str = "torch.load(") -> list[str]:
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             if depth == 0:
                 break
-        out.append(text[start:i + 1])
+        out.append(text[start : i + 1])
         start = text.find(needle, i)
     return out
 

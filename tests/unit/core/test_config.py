@@ -167,8 +167,10 @@ def test_zero_denominator_is_config_error(tmp_path: Path) -> None:
 
 
 def test_overrides_apply(tmp_path: Path) -> None:
-    cfg = parse_config(_raw(tmp_path), ["pretrain.epochs=3", "attack.eps=2/255", "data.augment=false",
-                                        "name=other", "finetune.max_steps_per_epoch=null"])
+    cfg = parse_config(
+        _raw(tmp_path),
+        ["pretrain.epochs=3", "attack.eps=2/255", "data.augment=false", "name=other", "finetune.max_steps_per_epoch=null"],
+    )
     assert cfg.pretrain.epochs == 3
     assert cfg.attack.eps == pytest.approx(2 / 255)
     assert cfg.data.augment is False
@@ -216,7 +218,9 @@ def test_overrides_do_not_mutate_callers_mapping(tmp_path: Path) -> None:
 
 
 def test_dump_config_reloads_equal(tmp_path: Path) -> None:
-    cfg = parse_config(_raw(tmp_path), ["attack.eps=8/255", "eval_attack.name=fgsm_rs", "eval_attack.steps=1", "finetune.finetune_mode=linear"])
+    cfg = parse_config(
+        _raw(tmp_path), ["attack.eps=8/255", "eval_attack.name=fgsm_rs", "eval_attack.steps=1", "finetune.finetune_mode=linear"]
+    )
     path = tmp_path / "dumped.yaml"
     path.write_text(dump_config(cfg))
     again = load_config(path)
