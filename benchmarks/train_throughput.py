@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
 from robustdx.core.losses import supcon_loss
 from robustdx.core.models import build_model

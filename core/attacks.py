@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import Tensor, nn
+
 from robustdx.core.config import AttackConfig, AttackSpace
 from robustdx.core.losses import cross_entropy, supcon_loss
-from torch import Tensor, nn
 
 LossFn = Callable[[Tensor], Tensor]
 

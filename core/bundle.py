@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustdx.core.config import RunConfig
-from robustdx.core.errors import BundleError
-from robustdx.core.models import RobustDxNet, build_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from robustdx.core.config import RunConfig
+from robustdx.core.errors import BundleError
+from robustdx.core.models import RobustDxNet, build_model
 
 FORMAT = "robustdx-bundle/1"
 MANIFEST = "manifest.json"

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from robustdx.core.attacks import attack_ce
-from robustdx.core.config import AttackConfig
-from robustdx.core.losses import cross_entropy
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from robustdx.core.attacks import attack_ce
+from robustdx.core.config import AttackConfig
+from robustdx.core.losses import cross_entropy
 
 
 @torch.no_grad()

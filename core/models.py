@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from robustdx.core.config import ModelConfig
-from robustdx.core.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from robustdx.core.config import ModelConfig
+from robustdx.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

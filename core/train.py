@@ -34,15 +34,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
 from robustdx.core.attacks import attack_ce, attack_supcon, channels_like
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, RunConfig, StageConfig
 from robustdx.core.data import Splits
 from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.registry import Registry
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 EpochCallback = Callable[[dict[str, Any]], None]
 CHECKPOINT = "last.pt"

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from robustdx.core.config import dump_config, load_config
 from robustdx.core.errors import BundleError, ConfigError, DataError
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data.synthetic import write_busi, write_camelyon17
 
@@ -19,12 +20,17 @@ def _torch_threads() -> None:
     torch.set_num_threads(2)
 
 
+def synthetic_camelyon(factory: pytest.TempPathFactory, per_class: int, size: int) -> Path:
+    """Write a synthetic WILDS Camelyon17 copy (5 hospitals x 2 classes x ``per_class``) in a temp folder."""
+    root = factory.mktemp(f"camelyon17_{per_class}x{size}")
+    write_camelyon17(root, per_class=per_class, size=size, seed=0)
+    return root
+
+
 @pytest.fixture(scope="session")
 def camelyon_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic WILDS Camelyon17 copy: 5 hospitals x 2 classes x 24 patches of 48 px."""
-    root = tmp_path_factory.mktemp("camelyon17")
-    write_camelyon17(root, per_class=24, size=48, seed=0)
-    return root
+    """A small synthetic copy: 24 patches of 48 px per class and hospital."""
+    return synthetic_camelyon(tmp_path_factory, per_class=24, size=48)
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
 from robustdx.core.config import DataConfig
 from robustdx.core.data.transforms import TwoViews, eval_transform, train_transform
 from robustdx.core.errors import DataError
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

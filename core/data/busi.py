@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
 from robustdx.core.config import DataConfig
 from robustdx.core.data.base import DataError, Records, Splits, list_images, make_splits, open_rgb, stratified_split
 

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
 from robustdx.core.config import DataConfig
 from robustdx.core.data.base import DataError, Records, Splits, make_splits
 

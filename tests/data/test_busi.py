@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from robustdx.core.config import DataConfig
 from robustdx.core.data import DataError, ImageDataset, build_splits
 from robustdx.core.data.base import open_mask
 from robustdx.core.data.busi import CLASSES, FOLDER, records
 from robustdx.core.data.transforms import eval_transform, train_transform
-
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.data

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+
 from robustdx.core.config import DataConfig
 from robustdx.core.data import DataError, build_splits
 from robustdx.core.data.synthetic import write_camelyon17

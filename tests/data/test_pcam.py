@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import robustdx.core.data as data
 from PIL import Image
 from pydantic import ValidationError
+
+import robustdx.core.data as data
 from robustdx.core.config import ConfigError, DataConfig, parse_config
 from robustdx.core.data import DataError, build_splits
-
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.data

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
+
 from robustdx.core.bundle import load_bundle
 from robustdx.core.config import ConfigError, Recipe, parse_config
 from robustdx.core.recipes import RECIPES, has_classifier, run_recipe
-from safetensors.torch import load_file
-
 from tests.conftest import tiny_raw
 
 pytestmark = pytest.mark.integration

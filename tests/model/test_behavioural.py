@@ -11,20 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from robustdx.core.config import parse_config
-from robustdx.core.data.synthetic import write_camelyon17
-from robustdx.core.recipes import run_recipe
 
-from tests.conftest import tiny_raw
+from robustdx.core.config import parse_config
+from robustdx.core.recipes import run_recipe
+from tests.conftest import synthetic_camelyon, tiny_raw
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def bigger_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("camelyon17_150")
-    write_camelyon17(root, per_class=150, size=32, seed=0)
-    return root
+    return synthetic_camelyon(tmp_path_factory, per_class=150, size=32)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import nn
+
 from robustdx.core.attacks import attack_ce, attack_supcon, frozen_eval
 from robustdx.core.config import AttackConfig, AttackSpace, ModelConfig
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.models import RobustDxNet, build_model
-from torch import nn
 
 pytestmark = pytest.mark.unit
 

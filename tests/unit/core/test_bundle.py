@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from robustdx.core.bundle import (
     FORMAT,
     JSON_FILES,
@@ -23,12 +24,10 @@ from robustdx.core.bundle import (
 )
 from robustdx.core.config import ModelConfig, RunConfig, parse_config
 from robustdx.core.models import build_model
-
-from tests.conftest import tiny_raw
+from tests.conftest import REPO, tiny_raw
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[3]
 ALL_FILES = (WEIGHTS, REFERENCE, *JSON_FILES)
 METRICS = {"test": {"clean_acc": 0.75, "robust_acc": 0.5}, "val": {"clean_acc": 0.8}, "epochs": 2}
 CARD = {"classes": ["normal", "tumor"], "groups": ["hospital_0"], "splits": {"train": {"n": 32, "per_class": [16, 16]}}}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from robustdx.core.config import (
     AttackConfig,
     ConfigError,
@@ -17,12 +18,10 @@ from robustdx.core.config import (
     load_config,
     parse_config,
 )
-
-from tests.conftest import tiny_raw
+from tests.conftest import REPO, tiny_raw
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[3]
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from robustdx.core.losses import cross_entropy, supcon_loss
 
 pytestmark = pytest.mark.unit

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from robustdx.core.config import ModelConfig
-from robustdx.core.models import IMAGENET_MEAN, IMAGENET_STD, Normalize, RobustDxNet, build_model, list_models
 from safetensors.torch import save_file
 from torch.nn import functional as F
+
+from robustdx.core.config import ModelConfig
+from robustdx.core.models import IMAGENET_MEAN, IMAGENET_STD, Normalize, RobustDxNet, build_model, list_models
 
 pytestmark = pytest.mark.unit
 
