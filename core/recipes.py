@@ -81,6 +81,7 @@ def evaluate_model(
         test = classification_metrics(*predict(model, DataLoader(splits.test, batch_size=bs), device))
         val = classification_metrics(*predict(model, DataLoader(splits.val, batch_size=bs), device))
         robust = robust_accuracy(model, splits.test, cfg.eval_attack, device, bs, max_n=max_robust, seed=cfg.seed)
+        robust = {k: v for k, v in robust.items() if k not in ("items", "robust_correct")}
         return {"test": test, "val": val, "robust": robust}
     tf, tl = embeddings(model, splits.train_eval, device, bs, max_n=1024)
     out = {}

@@ -74,6 +74,9 @@ def write_report(path: Path, cfg: RunConfig, stages: list[StageResult], metrics:
             f"Encoder only (no classifier head): nearest-centroid accuracy val "
             f"{metrics['val']['centroid_acc']:.4f}, test {metrics['test']['centroid_acc']:.4f}."
         )
-    lines.append("\nOne seed; robust accuracy on the first n test images. Repeat over seeds before drawing conclusions.\n")
+    lines.append(
+        "\nOne seed; robust accuracy on a seeded random subsample of n test images (correct both clean and "
+        "attacked). Repeat over seeds (`robustdx experiment`) before drawing conclusions.\n"
+    )
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -17,7 +17,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
-    torch.set_num_threads(2)
+    """One thread: test tensors are tiny, and on a shared 2-core machine two threads mostly wait
+    for each other (5-100x slower PGD steps, measured). Subprocesses (CLI tests) use torch's default."""
+    torch.set_num_threads(1)
 
 
 def synthetic_camelyon(factory: pytest.TempPathFactory, per_class: int, size: int) -> Path:
