@@ -157,6 +157,36 @@ def info(
 
 
 @app.command()
+def experiment(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML, e.g. configs/paper-pcam.yaml.")],
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; train nothing.")] = False,
+) -> None:
+    """Regenerate a paper table: every recipe x seed, clean/robust accuracy and attribution scores, as a report folder.
+
+    Resumable: finished cells are skipped, an interrupted training resumes.
+    """
+    from robustdx.core.config import load_experiment
+
+    try:
+        exp, base = load_experiment(config, set_ or [])
+        if dry_run:
+            cells = [f"{r}-s{s}" for r in exp.recipes for s in exp.seeds]
+            console.print(
+                f"{len(cells)} cells on {base.data.dataset} ({base.model.arch} @ {base.data.image_size} px): "
+                f"{', '.join(cells)}\nreport: {exp.output_dir / exp.name}"
+            )
+            return
+        from robustdx.core.experiment import run_experiment
+
+        report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"))
+    except (ConfigError, DataError, BundleError) as err:
+        _fail(err)
+        return
+    console.print(f"report: [bold]{report}[/]")
+
+
+@app.command()
 def demo(
     config: ConfigOpt = Path("configs/demo.yaml"),
     data: Annotated[Path, typer.Option(help="Where the synthetic data set is written.")] = Path("data/synthetic/camelyon17"),

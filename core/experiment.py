@@ -1,0 +1,377 @@
+"""``robustdx experiment``: regenerate a paper table — every recipe x seed, clean, robust and attributions.
+
+Why it exists: the paper reports one run per cell, clean accuracy only and anecdotal saliency maps
+(SCIENCE.md, weaknesses 3, 5 and 7). A cell here is one recipe trained with one seed through the
+same :func:`run_recipe` the flows and the service use, then scored on the test split:
+
+* clean: accuracy, balanced accuracy, AUC, ECE, worst-group accuracy, bootstrap 95% CIs;
+* robust: PGD (``pgd_steps``, ``pgd_restarts``) accuracy over the pixel-unit ε grid, a
+  gradient-free Square attack at the training ε, and gradient-masking flags;
+* attributions (Integrated Gradients, clean and on PGD-attacked inputs): mass inside the label
+  region (BUSI lesion masks; the PCam/Camelyon centre 32×32), pointing game, deletion/insertion
+  AUC, infidelity/sensitivity, and the model-randomisation sanity check.
+
+Every cell is written to ``cells/RECIPE-sSEED.json`` as soon as it is done, so a rerun skips
+finished cells (and ``run_recipe`` resumes an interrupted training). The report folder holds
+``report.md``, ``results.csv`` (one row per cell), ``summary.csv`` (mean ± std per recipe) and PNG
+plots: training curves, accuracy-vs-ε, and the clean-vs-attacked IG grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from robustdx.core import attribution as attr_metrics
+from robustdx.core import evaluate as ev
+from robustdx.core.config import AttackConfig, DatasetName, ExperimentConfig, Recipe, RunConfig
+from robustdx.core.data import ImageDataset, Splits, build_splits
+from robustdx.core.explain import attribution_map, fast_integrated_gradients, integrated_gradients, save_attack_grid
+from robustdx.core.recipes import has_classifier, run_recipe
+from robustdx.core.report import markdown_table
+from robustdx.core.train import atomic_write_bytes, resolve_device
+
+Log = Callable[[str], None]
+
+
+def cell_config(base: RunConfig, exp: ExperimentConfig, recipe: Recipe, seed: int) -> RunConfig:
+    """The run config of one cell: the base with this recipe, seed, name and output folder."""
+    return base.model_copy(
+        update={"recipe": recipe, "seed": seed, "name": f"{recipe}-s{seed}", "output_dir": exp.output_dir / exp.name / "runs"}
+    )
+
+
+def _region_masks(splits: Splits, cfg: RunConfig, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The first ``n`` test images, labels and the region the label depends on (lesion or centre)."""
+    if cfg.data.dataset == DatasetName.BUSI:
+        ds = ImageDataset(splits.test.records, splits.test.transform, with_masks=True)
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([it[1] for it in items])
+        masks = torch.stack([it[3][0] for it in items]) > 0.5
+        return x, y, masks, "lesion"
+    items = [splits.test[i] for i in range(min(n, len(splits.test)))]
+    x = torch.stack([it[0] for it in items])
+    y = torch.tensor([it[1] for it in items])
+    centre = attr_metrics.centre_mask(x.shape[-2], x.shape[-1]).bool()
+    return x, y, centre.expand(len(x), -1, -1), "centre"
+
+
+def _score_attributions(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, exp: ExperimentConfig
+) -> dict[str, float]:
+    a = exp.attribution
+    ig = fast_integrated_gradients(model, x, target=target, baseline=a.baseline, tol=a.tol)
+    amap = attribution_map(ig.attributions)
+    has_region = masks.flatten(1).any(1)  # BUSI "normal" images have no lesion
+    out = {
+        "ig_rel_error_max": float(ig.rel_error.max()),
+        "ig_evaluations_mean": float(ig.evaluations.float().mean()),
+    }
+    if has_region.any():
+        out["region_mass"] = float(attr_metrics.mass_in_region(amap[has_region], masks[has_region]).mean())
+        out["pointing_game"] = float(attr_metrics.pointing_game(amap[has_region], masks[has_region]).float().mean())
+        out["region_area"] = float(masks[has_region].float().mean())
+    di = attr_metrics.deletion_insertion_auc(model, x, amap, target, baseline="blur")  # black/grey patches are OOD
+    out["deletion_auc"] = float(di["deletion"].mean())
+    out["insertion_auc"] = float(di["insertion"].mean())
+    return out
+
+
+def _ig_fn(exp: ExperimentConfig, n_steps: int = 32) -> Callable[..., torch.Tensor]:
+    """IG on a fixed 32-point Gauss-Legendre grid for the perturbation-based scores (sensitivity,
+    infidelity, randomisation): an adaptive grid would change between nearby inputs and inflate them."""
+
+    def explain(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return integrated_gradients(model, inputs, target=target, baseline=exp.attribution.baseline, n_steps=n_steps).attributions
+
+    return explain
+
+
+def evaluate_cell(
+    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
+) -> dict[str, Any]:
+    """Clean, robust and attribution scores of one trained model on the test split."""
+    model.to(device).eval()
+    probs, labels, groups = ev.predict(model, DataLoader(splits.test, batch_size=cfg.data.eval_batch_size), device)
+    clean = ev.classification_metrics(probs, labels, groups)
+    pred = probs.argmax(1)
+    clean["acc_ci"] = ev.bootstrap_ci(lambda idx: float((pred[idx] == labels[idx]).mean()), len(labels), exp.n_boot, cfg.seed)
+    curve = ev.robustness_curve(
+        model,
+        splits.test,
+        exp.eps_grid,
+        device,
+        steps=exp.pgd_steps,
+        restarts=exp.pgd_restarts,
+        max_n=exp.n_robust,
+        batch_size=cfg.data.eval_batch_size,
+        seed=cfg.seed,
+    )
+    square = None
+    if exp.n_square:
+        square = ev.square_robust_accuracy(
+            model, splits.test, max(exp.eps_grid), device, n_queries=exp.square_queries, max_n=exp.n_square, seed=cfg.seed
+        )
+    flags = ev.gradient_masking_flags(curve, [square] if square else [])
+
+    a = exp.attribution
+    x, y, masks, region = _region_masks(splits, cfg, a.n_images)
+    x, y, masks = x.to(device), y.to(device), masks.to(device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    x_adv = _attack(model, x, y, cfg.attack)
+    attributions = {
+        "region": region,
+        "clean": _score_attributions(model, x, target, masks, exp),
+        "attacked": _score_attributions(model, x_adv, target, masks, exp),
+    }
+    explain = _ig_fn(exp)
+    if a.n_sanity:
+        sanity = attr_metrics.randomisation_check(model, x[: a.n_sanity], explain, target[: a.n_sanity], seed=cfg.seed + 7919)
+        attributions["randomisation_spearman"] = float(sanity["mean_spearman"])
+    if a.n_infidelity:
+        inf = attr_metrics.infidelity_and_sensitivity(model, x[: a.n_infidelity], explain, target[: a.n_infidelity])
+        attributions["infidelity"] = float(inf["infidelity"].mean())
+        attributions["sensitivity_max"] = float(inf["sensitivity_max"].mean())
+    return {"test": clean, "robustness": curve, "square": square, "flags": flags, "attribution": attributions}
+
+
+def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    from robustdx.core.attacks import attack_ce
+
+    return attack_ce(model, x, y, cfg)
+
+
+def run_cell(exp: ExperimentConfig, base: RunConfig, recipe: Recipe, seed: int, log: Log) -> dict[str, Any]:
+    """Train (or resume) and score one cell; cached in ``cells/RECIPE-sSEED.json``."""
+    out = exp.output_dir / exp.name / "cells" / f"{recipe}-s{seed}.json"
+    if out.is_file():
+        log(f"{recipe} seed {seed}: done before, skipped")
+        return json.loads(out.read_text())
+    cfg = cell_config(base, exp, recipe, seed)
+    if not has_classifier(recipe):
+        raise ValueError(f"recipe {recipe!r} has no classifier head; experiments need one of the *_ft / ce recipes")
+    log(f"{recipe} seed {seed}: training")
+    t0 = time.perf_counter()
+    result = run_recipe(cfg, log=lambda m: log(f"  {m}"))
+    log(
+        f"{recipe} seed {seed}: evaluating (PGD-{exp.pgd_steps} x{exp.pgd_restarts} over {len(exp.eps_grid)} ε, "
+        f"Square, attributions)"
+    )
+    device = resolve_device(cfg.device)
+    scores = evaluate_cell(result.model, cfg, exp, build_splits(cfg.data), device)
+    cell = {
+        "recipe": str(recipe),
+        "seed": seed,
+        "train_seconds": sum(s.seconds for s in result.stages),
+        "wall_seconds": time.perf_counter() - t0,
+        "bundle": str(result.bundle),
+        "history": [{"regime": s.regime, "monitor": s.monitor, "history": s.history} for s in result.stages],
+        **scores,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda p: p.write_text(json.dumps(cell, indent=2, default=float)))
+    return cell
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation and report
+# ---------------------------------------------------------------------------------------------
+def cell_row(cell: dict[str, Any]) -> dict[str, Any]:
+    """One flat CSV row of a cell."""
+    t = cell["test"]
+    row: dict[str, Any] = {
+        "recipe": cell["recipe"],
+        "seed": cell["seed"],
+        "test_acc": t["acc"],
+        "test_acc_lo": t["acc_ci"][0],
+        "test_acc_hi": t["acc_ci"][1],
+        "test_auc": t["auc"],
+        "test_bal_acc": t["bal_acc"],
+        "test_ece": t["ece"],
+        "worst_group_acc": t.get("worst_group_acc", float("nan")),
+        "train_seconds": cell["train_seconds"],
+    }
+    for point in cell["robustness"]:
+        row[f"robust_acc@{point['eps'] * 255:g}/255"] = point["robust_acc"]
+    if cell.get("square"):
+        row["square_acc"] = cell["square"]["robust_acc"]
+    for kind in ("clean", "attacked"):
+        for k, v in cell["attribution"][kind].items():
+            row[f"ig_{kind}_{k}"] = v
+    for k in ("randomisation_spearman", "infidelity", "sensitivity_max"):
+        if k in cell["attribution"]:
+            row[k] = cell["attribution"][k]
+    row["flags"] = "; ".join(cell["flags"])
+    return row
+
+
+def summarise(rows: list[dict[str, Any]], recipes: list[str]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every numeric column, per recipe (in the order given)."""
+    summary = []
+    for recipe in recipes:
+        mine = [r for r in rows if r["recipe"] == recipe]
+        if not mine:
+            continue
+        out: dict[str, Any] = {"recipe": recipe, "seeds": len(mine)}
+        for key in mine[0]:
+            vals = [r.get(key) for r in mine]
+            if key in ("recipe", "seed") or not all(isinstance(v, int | float) for v in vals):
+                continue
+            arr = np.asarray(vals, dtype=float)
+            out[key] = f"{np.nanmean(arr):.4f} ± {np.nanstd(arr, ddof=1) if len(arr) > 1 else 0.0:.4f}"
+        summary.append(out)
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_curves(cells: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Training curves per recipe and accuracy-vs-ε (mean ± std over seeds) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    recipes = list(dict.fromkeys(c["recipe"] for c in cells))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for recipe in recipes:
+        mine = [c for c in cells if c["recipe"] == recipe]
+        eps = [p["eps"] * 255 for p in mine[0]["robustness"]]
+        acc = np.array([[p["robust_acc"] for p in c["robustness"]] for c in mine])
+        m, s = acc.mean(0), acc.std(0)
+        ax.plot(eps, m, marker="o", label=recipe)
+        ax.fill_between(eps, m - s, m + s, alpha=0.15)
+    ax.set(
+        xlabel="ε (×1/255, pixel units)", ylabel="PGD accuracy (test)", title="Accuracy vs ε (mean ± std over seeds)", ylim=(0, 1)
+    )
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "accuracy_vs_eps.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    stages = max(len(c["history"]) for c in cells)
+    fig, axes = plt.subplots(1, stages, figsize=(5 * stages, 3.6), squeeze=False)
+    for recipe in recipes:
+        c = next(c for c in cells if c["recipe"] == recipe)
+        for i, stage in enumerate(c["history"]):
+            h = stage["history"]
+            axes[0, i].plot(
+                [e["epoch"] for e in h], [e[stage["monitor"]] for e in h], marker=".", label=f"{recipe} ({stage['regime']})"
+            )
+    for i, axis in enumerate(axes[0]):
+        axis.set(xlabel="epoch", ylabel="validation monitor", title=f"stage {i + 1} (seed {cells[0]['seed']})")
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "training_curves.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_experiment_report(
+    exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]], folder: Path, extra_images: list[Path]
+) -> Path:
+    rows = [cell_row(c) for c in cells]
+    _write_csv(folder / "results.csv", rows)
+    recipes = [str(r) for r in exp.recipes]
+    summary = summarise(rows, recipes)
+    _write_csv(folder / "summary.csv", summary)
+    plots = plot_curves(cells, folder)
+    eps_cols = [k for k in rows[0] if k.startswith("robust_acc@")]
+    lines = [
+        f"# Experiment `{exp.name}`\n",
+        f"Base config: `{exp.base}` — data `{base.data.dataset}` ({base.data.image_size} px), encoder `{base.model.arch}`, "
+        f"training attack PGD-{base.attack.steps} at ε = {base.attack.eps * 255:g}/255, "
+        f"{base.pretrain.epochs}+{base.finetune.epochs} epochs. Seeds: {exp.seeds}.\n",
+        f"Robust accuracy: PGD-{exp.pgd_steps} with {exp.pgd_restarts} restarts on a seeded random subsample of "
+        f"{exp.n_robust} test images (an image counts when correct clean and attacked); "
+        f"Square attack ({exp.square_queries} queries) at the largest ε on {exp.n_square}. Attributions: Integrated Gradients "
+        f"(baseline {exp.attribution.baseline}, completeness error ≤ {exp.attribution.tol:.0%}) on {exp.attribution.n_images} "
+        "test images, clean and PGD-attacked.\n",
+        "## Mean ± std over seeds\n",
+        markdown_table(
+            summary,
+            ["recipe", "seeds", "test_acc", "test_auc", "test_bal_acc", "test_ece", *eps_cols, "square_acc", "train_seconds"],
+        ),
+        "\n## Attribution quality (mean ± std over seeds)\n",
+        markdown_table(
+            summary,
+            [
+                "recipe",
+                "ig_clean_region_mass",
+                "ig_attacked_region_mass",
+                "ig_clean_pointing_game",
+                "ig_clean_deletion_auc",
+                "ig_clean_insertion_auc",
+                "randomisation_spearman",
+                "infidelity",
+            ],
+        ),
+        "\n`region_mass`: share of positive attribution inside the label region (lesion mask or centre 32×32); "
+        "chance level is the region's area. Deletion / insertion AUC (a blurred copy as the reference image): "
+        "lower / higher is better. "
+        "`randomisation_spearman`: rank correlation with a randomly re-initialised model (should be low).\n",
+        "## Per cell (test accuracy with bootstrap 95% CI)\n",
+        markdown_table(rows, ["recipe", "seed", "test_acc", "test_acc_lo", "test_acc_hi", "test_auc", *eps_cols, "flags"]),
+        "\n## Plots\n",
+        *[f"![{p.stem}]({p.name})" for p in [*plots, *extra_images]],
+    ]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return folder / "report.md"
+
+
+def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None) -> Path:
+    """Run (or resume) every cell, then write the report folder; returns the report path."""
+    folder = exp.output_dir / exp.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
+    cells = [run_cell(exp, base, recipe, seed, log) for recipe in exp.recipes for seed in exp.seeds]
+    grid = _ig_grid(exp, base, folder)
+    return write_experiment_report(exp, base, cells, folder, [grid])
+
+
+def _ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
+    """The paper's Fig. 1 for the first seed of every recipe."""
+    from robustdx.core.bundle import load_bundle
+
+    models = {}
+    for recipe in exp.recipes:
+        cfg = cell_config(base, exp, recipe, exp.seeds[0])
+        models[str(recipe)] = load_bundle(cfg.run_dir / "bundle").model
+    splits = build_splits(base.data)
+    n = exp.attribution.n_grid
+    items = [splits.test[i] for i in _pick_both_classes(splits.test.labels, n)]
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([it[1] for it in items])
+    return save_attack_grid(models, images, labels, base.attack, folder / "ig_grid.png", baseline=exp.attribution.baseline)
+
+
+def _pick_both_classes(labels: np.ndarray, n: int) -> list[int]:
+    """The first ``n`` indices alternating over classes (so the grid shows tumour and normal)."""
+    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < n and any(by_class):
+        for idx in by_class:
+            if idx and len(picked) < n:
+                picked.append(int(idx.pop(0)))
+    return picked
