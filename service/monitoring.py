@@ -1,0 +1,315 @@
+"""Prometheus metrics of the robustdx service, computed off the request path.
+
+Names and labels come from :mod:`robustdx.core.serving` (fixed there for dashboards and alerts).
+
+Request path (cheap, O(1) per image): the prediction counter, confidence / margin histograms, and
+appending the image's embedding, positive-class score and (for a sampled fraction) the image itself
+to bounded buffers. Everything expensive runs in one background daemon thread per worker:
+
+* **drift** — every ``drift_every`` new live samples (once the window holds ``min_window``), MMD
+  with a permutation p-value between the sliding window of live embeddings and the bundle's
+  reference embeddings, plus KS and PSI of the positive-class score against the reference scores
+  (:mod:`robustdx.core.drift`), exported as gauges;
+* **robustness** — a fraction ``robust_sample_rate`` of live images is queued (bounded; dropped
+  when full, never blocking) and attacked with a small PGD at the serving ε (the bundle's
+  ``eval_attack.eps``) against the model's own prediction, on a *private copy* of the model so
+  request threads never share it; the flip rate and mean robust margin over the last
+  ``robust_window`` attacked images are exported as gauges.
+
+Multiprocess mode (``bentoml serve`` sets ``PROMETHEUS_MULTIPROC_DIR``): counters and histograms sum
+over workers; gauges use ``livemostrecent`` (the latest value written by a live worker).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from prometheus_client import Counter, Gauge, Histogram
+from torch import Tensor
+
+from robustdx.core import serving as names
+
+log = logging.getLogger("robustdx.service.monitoring")
+
+_PROB_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_DELTA_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+_LOCK = threading.Lock()
+_METRICS: Metrics | None = None
+
+
+@dataclass
+class Metrics:
+    predictions: Counter
+    confidence: Histogram
+    margin: Histogram
+    referrals: Counter
+    drift_mmd: Gauge
+    drift_mmd_p: Gauge
+    drift_ks: Gauge
+    drift_ks_p: Gauge
+    drift_psi: Gauge
+    drift_window: Gauge
+    flip_rate: Gauge
+    robust_margin: Gauge
+    robust_samples: Counter
+    ig_delta: Histogram
+    model_info: Gauge
+
+
+def metrics() -> Metrics:
+    """The process's metric objects (created once; re-creating would clash in the registry)."""
+    global _METRICS
+    with _LOCK:
+        if _METRICS is None:
+            d = {k: v[2] for k, v in names.METRICS.items()}
+
+            def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
+                return Gauge(name, d[name], labels, multiprocess_mode="livemostrecent")
+
+            _METRICS = Metrics(
+                predictions=Counter(names.PREDICTIONS, d[names.PREDICTIONS], [names.LABEL_CLASS]),
+                confidence=Histogram(names.CONFIDENCE, d[names.CONFIDENCE], buckets=_PROB_BUCKETS),
+                margin=Histogram(names.MARGIN, d[names.MARGIN], buckets=_PROB_BUCKETS),
+                referrals=Counter(names.REFERRALS, d[names.REFERRALS]),
+                drift_mmd=gauge(names.DRIFT_MMD),
+                drift_mmd_p=gauge(names.DRIFT_MMD_P),
+                drift_ks=gauge(names.DRIFT_KS),
+                drift_ks_p=gauge(names.DRIFT_KS_P),
+                drift_psi=gauge(names.DRIFT_PSI),
+                drift_window=gauge(names.DRIFT_WINDOW),
+                flip_rate=gauge(names.ADV_FLIP_RATE),
+                robust_margin=gauge(names.ROBUST_MARGIN),
+                robust_samples=Counter(names.ROBUST_SAMPLES, d[names.ROBUST_SAMPLES]),
+                ig_delta=Histogram(names.IG_DELTA, d[names.IG_DELTA], buckets=_DELTA_BUCKETS),
+                model_info=gauge(names.MODEL_INFO, names.INFO_LABELS),
+            )
+        return _METRICS
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    window: int = 64
+    min_window: int = 16
+    drift_every: int = 16
+    n_perm: int = 100
+    max_reference: int = 256
+    robust_sample_rate: float = 0.1
+    robust_queue: int = 32
+    robust_window: int = 64
+    robust_steps: int = 5
+    robust_batch: int = 8
+    seed: int = 0
+    trim_seconds: float = 10.0
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None elsewhere). Batches of varying size leave the glibc heap
+    fragmented, so a long-running worker's RSS creeps up although nothing leaks (benchmarks/serve_load.py
+    measured +13 % over 10,000 requests; ``MALLOC_MMAP_THRESHOLD_`` removed it at a 30 % throughput
+    cost). Trimming every few seconds off the request path gives the freed pages back instead."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def pgd_ce(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: Any) -> Tensor:
+    """PGD on the cross-entropy, as :func:`robustdx.core.attacks.attack_ce` but *without* its BatchNorm
+    folding: folding traces the model with ``torch.fx``, which patches ``nn.Module.__call__`` for the
+    whole process while it runs, so a forward pass in another thread (request path, monitor, reload)
+    breaks. The service runs model code in several threads, so it never traces."""
+    from robustdx.core.attacks import frozen_eval, pgd
+    from robustdx.core.losses import cross_entropy
+
+    with frozen_eval(model):
+        return pgd(lambda xa: cross_entropy(model(xa), y, reduction="none"), x, cfg, None)
+
+
+def _margin(logits: Tensor, target: Tensor) -> Tensor:
+    """Logit of ``target`` minus the best other logit (negative = the prediction flipped)."""
+    own = logits.gather(1, target[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, target[:, None], float("-inf"))
+    return own - other.max(1).values
+
+
+class Monitor:
+    """Buffers live samples and computes drift and robustness metrics in a background thread."""
+
+    def __init__(self, settings: MonitorSettings | None = None) -> None:
+        self.settings = s = settings or MonitorSettings()
+        self.m = metrics()
+        self._rng = random.Random(s.seed)
+        self._cv = threading.Condition()
+        self._emb: deque[Tensor] = deque(maxlen=s.window)
+        self._score: deque[float] = deque(maxlen=s.window)
+        self._images: deque[Tensor] = deque(maxlen=s.robust_queue)
+        self._flips: deque[float] = deque(maxlen=s.robust_window)
+        self._margins: deque[float] = deque(maxlen=s.robust_window)
+        self._new = 0
+        self._model: torch.nn.Module | None = None
+        self._ref_emb: Tensor | None = None
+        self._ref_score: Tensor | None = None
+        self._eps = 0.0
+        self._info: dict[str, str] | None = None
+        self._stop = False
+        self.errors = 0
+        self.drift_runs = 0
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="robustdx-monitor", daemon=True)
+        self._thread.start()
+
+    # ---- called from the service -----------------------------------------------------------
+    def set_model(self, model: torch.nn.Module, reference: dict[str, Tensor], eps: float, info: dict[str, str]) -> None:
+        """Switch to a (re)loaded model: new reference, private model copy, windows cleared."""
+        twin = copy.deepcopy(model).eval()
+        for p in twin.parameters():
+            p.requires_grad_(False)
+        emb = reference["embeddings"].float()
+        g = torch.Generator().manual_seed(self.settings.seed)
+        if len(emb) > self.settings.max_reference:
+            idx = torch.randperm(len(emb), generator=g)[: self.settings.max_reference]
+        else:
+            idx = torch.arange(len(emb))
+        probs = reference.get("probs")
+        with self._cv:
+            self._model = twin
+            self._ref_emb = emb[idx]
+            self._ref_score = probs[:, -1].float() if probs is not None and probs.ndim == 2 else None
+            self._eps = float(eps)
+            self._emb.clear()
+            self._score.clear()
+            self._images.clear()
+            self._flips.clear()
+            self._margins.clear()
+            self._new = 0
+            if self._info is not None:
+                self.m.model_info.labels(**self._info).set(0)
+            self._info = info
+            self.m.model_info.labels(**info).set(1)
+
+    def observe(self, classes: list[str], probs: Tensor, embeddings: Tensor, images: Tensor, threshold: float) -> None:
+        """Record one batch of predictions (request path: counters and buffer appends only)."""
+        top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+        conf = top2[:, 0]
+        margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else top2[:, 0]
+        for i, c in enumerate(probs.argmax(1).tolist()):
+            self.m.predictions.labels(classes[c]).inc()
+            self.m.confidence.observe(float(conf[i]))
+            self.m.margin.observe(float(margin[i]))
+            if float(conf[i]) < threshold:
+                self.m.referrals.inc()
+        rate = self.settings.robust_sample_rate
+        with self._cv:
+            for i in range(len(probs)):
+                self._emb.append(embeddings[i].detach().float().cpu().clone())  # no view: keeps no batch alive
+                self._score.append(float(probs[i, -1]))
+                if rate > 0 and self._rng.random() < rate:
+                    self._images.append(images[i].detach().cpu().clone())
+            self._new += len(probs)
+            self._cv.notify()
+
+    def observe_ig_delta(self, deltas: Tensor) -> None:
+        for d in deltas.abs().tolist():
+            self.m.ig_delta.observe(float(d))
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+
+    # ---- background thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(1)  # leave the cores to the request path
+        trim = _malloc_trim()
+        last_trim = time.monotonic()
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stop or self._drift_due() or bool(self._images), timeout=5.0)
+                if self._stop:
+                    return
+            if trim is not None and self.settings.trim_seconds > 0 and time.monotonic() - last_trim > self.settings.trim_seconds:
+                trim(0)
+                last_trim = time.monotonic()
+            with self._cv:
+                drift_job = self._drift_snapshot() if self._drift_due() else None
+                images = [self._images.popleft() for _ in range(min(len(self._images), self.settings.robust_batch))]
+                model, eps = self._model, self._eps
+                self._busy = True
+            try:
+                if drift_job is not None:
+                    self._compute_drift(*drift_job)
+                if images and model is not None:
+                    self._compute_robustness(model, torch.stack(images), eps)
+            except Exception:  # a monitoring failure must never take the service down
+                self.errors += 1
+                log.exception("robustdx monitor: metric computation failed")
+            finally:
+                with self._cv:
+                    self._busy = False
+
+    def _drift_due(self) -> bool:
+        s = self.settings
+        return self._ref_emb is not None and len(self._emb) >= s.min_window and self._new >= s.drift_every
+
+    def _drift_snapshot(self) -> tuple[Tensor, Tensor, list[float], Tensor | None]:
+        self._new = 0
+        return torch.stack(list(self._emb)), self._ref_emb, list(self._score), self._ref_score  # type: ignore[return-value]
+
+    def _compute_drift(self, live: Tensor, ref: Tensor, scores: list[float], ref_scores: Tensor | None) -> None:
+        from robustdx.core.drift import ks_test, mmd_permutation_test, psi
+
+        res = mmd_permutation_test(live, ref, n_perm=self.settings.n_perm, seed=self.settings.seed)
+        self.m.drift_mmd.set(res.statistic)
+        self.m.drift_mmd_p.set(res.p_value)
+        self.m.drift_window.set(len(live))
+        if ref_scores is not None and len(ref_scores):
+            ks = ks_test(ref_scores.numpy(), scores)
+            self.m.drift_ks.set(ks.statistic)
+            self.m.drift_ks_p.set(ks.p_value)
+            self.m.drift_psi.set(psi(ref_scores.numpy(), scores))
+        self.drift_runs += 1
+
+    def _compute_robustness(self, model: torch.nn.Module, x: Tensor, eps: float) -> None:
+        from robustdx.core.config import AttackConfig
+
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        cfg = AttackConfig(eps=eps, steps=self.settings.robust_steps)
+        x_adv = pgd_ce(model, x, pred, cfg) if eps > 0 else x
+        with torch.no_grad():
+            logits = model(x_adv)
+        margin = _margin(logits, pred)
+        with self._cv:
+            self._flips.extend((logits.argmax(1) != pred).float().tolist())
+            self._margins.extend(margin.tolist())
+            flip_rate = sum(self._flips) / len(self._flips)
+            mean_margin = sum(self._margins) / len(self._margins)
+        self.m.flip_rate.set(flip_rate)
+        self.m.robust_margin.set(mean_margin)
+        self.m.robust_samples.inc(len(x))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Buffer state; ``idle`` means every queued sample has been processed (tests wait on it)."""
+        with self._cv:
+            return {
+                "window": len(self._emb),
+                "robust_queue": len(self._images),
+                "attacked": len(self._flips),
+                "drift_runs": self.drift_runs,
+                "pending_drift": self._new,
+                "idle": not self._busy and not self._images and not self._drift_due(),
+                "errors": self.errors,
+            }

@@ -1,0 +1,491 @@
+"""The BentoML service run for real: ``bentoml serve`` on a free 127.0.0.1 port with a tiny trained
+model promoted into a temporary BentoML home. Checks every endpoint, the 4xx contract, a seeded fuzz
+run of 1,000+ malformed requests, token-protected hot reload under concurrent traffic (zero failed
+requests; a tampered bundle is refused), and that the drift and robustness metrics move when a
+stain-shifted stream is sent."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import re
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustdx.core.config import parse_config
+from robustdx.core.data.synthetic import apply_stain, histology_patch, hospital_stain
+from robustdx.core.recipes import run_recipe
+from robustdx.core.serving import METRICS, PointerError, pointer_path, read_production, resolve_tag, write_production
+from tests.conftest import tiny_raw
+from tests.integration.service_harness import Server, png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOKEN = "test-token-5f1e"
+MAX_PIXELS = 256 * 256
+MAX_BYTES = 300_000
+SHIFT_TINT, SHIFT_BRIGHTNESS = np.array([1.45, 0.6, 1.35]), 0.12
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures: two tiny models in a temporary store, one promoted, one tampered copy; the server
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("bentoml_home")
+    runs = tmp_path_factory.mktemp("service_runs")
+    with pytest.MonkeyPatch.context() as mp:  # BentoML reads its home once per process: never the user's ~/bentoml
+        mp.setenv("BENTOML_HOME", str(home))
+        mp.setenv("BENTOML_DO_NOT_TRACK", "True")
+        from robustdx.service.store import model_path, save_bundle_to_store
+
+        a = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_a", seed=0)))
+        b = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_b", seed=1)))
+        tag_a, tag_b, tag_bad = (save_bundle_to_store(x.bundle, home) for x in (a, b, b))
+        metrics = model_path(tag_bad, home) / "metrics.json"
+        metrics.write_text(metrics.read_text().replace('"acc"', '"acd"', 1))  # tamper, same size: only the hash catches it
+        write_production(home, tag_a)
+    return {"home": str(home), "a": tag_a, "b": tag_b, "bad": tag_bad}
+
+
+@pytest.fixture(scope="module")
+def server(store: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    env = {
+        "BENTOML_HOME": store["home"],
+        "BENTOML_DO_NOT_TRACK": "True",
+        "ROBUSTDX_ADMIN_TOKEN": TOKEN,
+        "ROBUSTDX_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+        "ROBUSTDX_MAX_IMAGE_BYTES": str(MAX_BYTES),
+        "ROBUSTDX_MAX_BODY_BYTES": str(4 * MAX_BYTES),
+        "ROBUSTDX_ROBUST_SAMPLE_RATE": "1.0",
+        "ROBUSTDX_DRIFT_WINDOW": "32",
+        "ROBUSTDX_DRIFT_EVERY": "8",
+        "ROBUSTDX_CPU": "1",
+    }
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with Server(env, log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def patch_png(seed: int, center: int = 0, shifted: bool = False, size: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = histology_patch(rng, bool(seed % 2), size)
+    tint, bright = (SHIFT_TINT, SHIFT_BRIGHTNESS) if shifted else hospital_stain(center)
+    return png_bytes((apply_stain(img, tint, bright) * 255).round().astype(np.uint8))
+
+
+def predict(client: httpx.Client, *images: bytes) -> httpx.Response:
+    return client.post("/predict", files=[("images", (f"p{i}.png", b, "image/png")) for i, b in enumerate(images)])
+
+
+def assert_4xx_json(r: httpx.Response, *codes: int) -> dict:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    if codes:
+        assert r.status_code in codes, (r.status_code, r.text[:300])
+    body = r.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+    return body
+
+
+def scrape(client: httpx.Client) -> dict[str, float]:
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("robustdx_") and "_bucket" not in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# endpoints
+# ------------------------------------------------------------------------------------------------
+def test_predict_one_and_a_batch(client: httpx.Client, store: dict[str, str]) -> None:
+    card = client.get("/model").json()
+    r = predict(client, patch_png(1))
+    assert r.status_code == 200, r.text
+    (p,) = r.json()
+    assert set(p["probabilities"]) == {"normal", "tumor"}
+    assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+    assert p["label"] in p["probabilities"] and p["model_version"] == card["version"]
+    assert 0 <= p["margin"] <= 1 and p["decision"] in (p["label"], "refer to clinician")
+    assert p["refer_to_clinician"] == (p["confidence"] < card["confidence_threshold"])
+    r = predict(client, patch_png(2), patch_png(3), patch_png(4))
+    assert r.status_code == 200 and len(r.json()) == 3
+
+
+def test_explain_returns_ig_and_attacked_copy(client: httpx.Client, tmp_path: Path) -> None:
+    files = {"image": ("x.png", patch_png(5), "image/png")}
+    r = client.post(
+        "/explain", files=files, data={"attack_eps": "0.0314", "attack_steps": "3", "map_size": "8", "baseline": "blur"}
+    )
+    assert r.status_code == 200, r.text
+    e = r.json()
+    heat = Image.open(io.BytesIO(base64.b64decode(e["attribution"]["heatmap_png_base64"])))
+    assert heat.format == "PNG" and heat.size == (16, 16)  # model resolution of the tiny bundle
+    assert np.array(e["attribution"]["attribution"]).shape == (8, 8)
+    assert e["attribution"]["baseline"] == "blur" and np.isfinite(e["attribution"]["convergence_delta"])
+    assert e["attack"]["eps"] == pytest.approx(0.0314) and e["attack"]["prediction"]["label"] in ("normal", "tumor")
+    assert np.array(e["attack"]["attribution"]["attribution"]).shape == (8, 8)
+    plain = client.post("/explain", files=files).json()
+    assert plain["attack"] is None and plain["attribution"]["baseline"] == "black"
+
+
+def test_model_card_health_and_openapi(client: httpx.Client, store: dict[str, str]) -> None:
+    card = client.get("/model").json()
+    assert card["tag"] == store["a"] and len(card["version"]) == 12
+    assert card["regime"] == "adv_supcon_ft" and card["data_card"]["classes"] == ["normal", "tumor"]
+    assert {"validation", "test", "robust"} <= set(card["metrics"]) and "robust_acc" in card["metrics"]["robust"]
+    assert card["bundle_hash"]["weights_sha256"].startswith(card["version"])
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200
+    spec = client.get("/docs.json").json()
+    assert {"/predict", "/explain", "/admin/reload"} <= set(spec["paths"])
+    assert "examples" in json.dumps(spec["components"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 4xx contract
+# ------------------------------------------------------------------------------------------------
+def _png16() -> bytes:
+    return png_bytes((np.linspace(0, 65535, 48 * 48).reshape(48, 48)).astype(np.uint16))
+
+
+ACCEPTED = {
+    "greyscale": lambda: png_bytes(np.full((40, 40), 120, np.uint8)),
+    "rgba": lambda: png_bytes(np.full((40, 40, 4), 200, np.uint8)),
+    "16-bit": _png16,
+    "palette": lambda: (lambda im: (lambda b: (im.save(b, format="PNG"), b.getvalue())[1])(io.BytesIO()))(
+        Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).convert("P")
+    ),
+    "jpeg": lambda: png_bytes(np.full((40, 40, 3), 180, np.uint8), fmt="JPEG"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ACCEPTED))
+def test_other_modes_are_converted(client: httpx.Client, kind: str) -> None:
+    r = predict(client, ACCEPTED[kind]())
+    assert r.status_code == 200, (kind, r.text)
+
+
+def _bad_cases() -> dict[str, tuple[dict, tuple[int, ...], str]]:
+    good = patch_png(7)
+    tiff = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.float32), mode="F").save(tiff, format="TIFF")
+    return {
+        "not an image": ({"files": {"images": ("a.png", b"hello, world", "image/png")}}, (400,), "not a PNG or JPEG"),
+        "truncated": ({"files": {"images": ("a.png", good[: len(good) // 2], "image/png")}}, (400,), "truncated"),
+        "0-byte file": ({"files": {"images": ("a.png", b"", "image/png")}}, (400,), ""),
+        "0-byte body": ({"content": b""}, (400,), "images"),
+        "too many pixels": (
+            {"files": {"images": ("a.png", png_bytes(np.zeros((300, 300), np.uint8)), "image/png")}},
+            (400, 413),
+            "too large",
+        ),
+        "body too large": (
+            {"files": {"images": ("a.png", b"\x89PNG" + b"0" * (5 * MAX_BYTES), "image/png")}},
+            (413,),
+            "too large",
+        ),
+        "tiff": ({"files": {"images": ("a.tif", tiff.getvalue(), "image/tiff")}}, (400,), ""),
+        "pdf part": ({"files": {"images": ("a.pdf", good, "application/pdf")}}, (400,), "content type"),
+        "text/plain body": ({"content": good, "headers": {"content-type": "text/plain"}}, (415,), "content type"),
+        "pickle body": ({"content": b"\x80\x04N.", "headers": {"content-type": "application/vnd.bentoml+pickle"}}, (415,), ""),
+        "bad json": ({"content": b'{"images": [', "headers": {"content-type": "application/json"}}, (400,), "JSON"),
+        "json list": ({"json": [1, 2]}, (400,), "object"),
+        "json string as file": ({"json": {"images": ["iVBORw0KGgo="]}}, (400,), ""),
+        "url in file field": (
+            {"data": {"images": "http://127.0.0.1:9/x.png"}, "files": {"other": ("o", b"x")}},
+            (400,),
+            "file upload",
+        ),
+        "broken multipart": (
+            {
+                "content": b'--zzz\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\nabc',
+                "headers": {"content-type": "multipart/form-data; boundary=zzz"},
+            },
+            (400,),
+            "",
+        ),
+        "too many images": ({"files": [("images", (f"{i}.png", good, "image/png")) for i in range(17)]}, (400, 413), ""),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_cases()))
+def test_bad_predict_input_is_4xx_json(client: httpx.Client, case: str) -> None:
+    kwargs, codes, words = _bad_cases()[case]
+    body = assert_4xx_json(client.post("/predict", **kwargs), *codes)
+    assert words.lower() in body["error"].lower(), body
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attack_eps": "1.0"},
+        {"attack_eps": "-0.01"},
+        {"attack_eps": "abc"},
+        {"map_size": "0"},
+        {"baseline": "zeros"},
+        {"attack_steps": "1000"},
+    ],
+)
+def test_out_of_range_explain_options_are_400(client: httpx.Client, options: dict) -> None:
+    body = assert_4xx_json(client.post("/explain", files={"image": ("x.png", patch_png(8), "image/png")}, data=options), 400)
+    assert next(iter(options)) in body["error"]
+
+
+def test_wrong_method_is_405(client: httpx.Client) -> None:
+    assert_4xx_json(client.get("/predict"), 405)
+
+
+# ------------------------------------------------------------------------------------------------
+# fuzz: >= 1,000 malformed requests, zero 5xx, still healthy
+# ------------------------------------------------------------------------------------------------
+def _fuzz_requests(n: int, seed: int = 0) -> list[dict]:
+    rnd = random.Random(seed)
+    good = patch_png(11)
+    ctypes = [
+        None,
+        "application/json",
+        "text/plain",
+        "image/png",
+        "multipart/form-data",
+        "multipart/form-data; boundary=b",
+        "application/octet-stream",
+        "application/vnd.bentoml+pickle",
+        "x/y; charset=\x7f",
+        "",
+    ]
+
+    def mutate(b: bytes) -> bytes:
+        a = bytearray(b)
+        op = rnd.randrange(4)
+        if op == 0:
+            return bytes(a[: rnd.randrange(len(a))])
+        if op == 1:
+            for _ in range(rnd.randint(1, 20)):
+                a[rnd.randrange(len(a))] = rnd.randrange(256)
+            return bytes(a)
+        if op == 2:  # a PNG whose IHDR claims a huge size (with a valid CRC)
+            w, h = rnd.choice([(100_000, 100_000), (1, 10**7), (0, 0), (2**31 - 1, 1)])
+            ihdr = b"IHDR" + w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes(a[24:29])
+            return bytes(a[:12]) + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + bytes(a[33:])
+        return rnd.randbytes(rnd.randint(0, 300))
+
+    out = []
+    for i in range(n):
+        kind = i % 8
+        path = rnd.choice(["/predict", "/predict", "/explain", "/admin/reload"])
+        field = "image" if path == "/explain" else "images"
+        if kind == 0:  # random body, random content type
+            headers = {} if (ct := rnd.choice(ctypes)) is None else {"content-type": ct}
+            out.append({"path": path, "content": rnd.randbytes(rnd.randint(0, 400)), "headers": headers})
+        elif kind in (1, 2, 3):  # multipart with a damaged image
+            ptype = rnd.choice(["image/png", "image/jpeg", "application/octet-stream", "text/plain", "image/*"])
+            out.append(
+                {
+                    "path": path,
+                    "files": [(field, (rnd.choice(["a.png", "x" * 300, "", "../../etc/passwd"]), mutate(good), ptype))],
+                }
+            )
+        elif kind == 4:  # random JSON documents
+            doc = rnd.choice(
+                [
+                    {field: rnd.randint(-5, 5)},
+                    {field: ["aGk="]},
+                    [],
+                    "x",
+                    None,
+                    {field: {"a": 1}},
+                    {field: "http://127.0.0.1:1/a.png"},
+                    {"attack_eps": 1e308},
+                    json.loads("[" * 50 + "]" * 50),
+                ]
+            )
+            out.append({"path": path, "content": json.dumps(doc).encode(), "headers": {"content-type": "application/json"}})
+        elif kind == 5:  # deeply nested / broken JSON
+            depth = rnd.choice([10, 1000, 100_000])
+            out.append(
+                {"path": path, "content": b"[" * depth + rnd.randbytes(3), "headers": {"content-type": "application/json"}}
+            )
+        elif kind == 6:  # explain with hostile options on a damaged image
+            opts = {
+                rnd.choice(["attack_eps", "map_size", "baseline", "attack_steps", "zzz"]): rnd.choice(
+                    ["-1", "nan", "inf", "1e9", "", "[]", "{}", "\x00"]
+                )
+            }
+            out.append({"path": "/explain", "files": [("image", ("a.png", mutate(good), "image/png"))], "data": opts})
+        else:  # broken multipart framing
+            boundary = rnd.choice(["b", "x" * 80, ""])
+            body = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="a.png"\r\n'.encode() + mutate(good)
+            if rnd.random() < 0.5:
+                body += f"\r\n--{boundary}--\r\n".encode()
+            out.append({"path": path, "content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}})
+    return out
+
+
+def test_fuzz_malformed_requests_never_5xx(server: Server, client: httpx.Client) -> None:
+    cases = _fuzz_requests(1040)
+    local = threading.local()
+
+    def send(case: dict) -> int:
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(base_url=server.url, timeout=60)
+        case = dict(case)
+        return local.c.post(case.pop("path"), **case).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(send, cases))
+    assert len(codes) >= 1000
+    assert all(c < 500 for c in codes), f"5xx answers: {[c for c in codes if c >= 500][:10]}\n{server.tail()}"
+    assert sum(400 <= c < 500 for c in codes) > 900
+    assert client.get("/readyz").status_code == 200 and predict(client, patch_png(12)).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# monitoring: drift and robustness metrics move under a stain-shifted stream
+# ------------------------------------------------------------------------------------------------
+def _stream(client: httpx.Client, shifted: bool, n: int, start: int) -> None:
+    for i in range(start, start + n, 4):
+        centers = (0, 3, 4)
+        imgs = [patch_png(j, center=centers[j % 3], shifted=shifted) for j in range(i, i + 4)]
+        assert predict(client, *imgs).status_code == 200
+
+
+def _settled(client: httpx.Client, runs_before: int, timeout: float = 90) -> dict[str, float]:
+    """Wait until the background monitor has processed everything sent (and run drift again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mon = client.get("/model").json()["monitor"]
+        if mon["idle"] and mon["drift_runs"] > runs_before:
+            return scrape(client)
+        time.sleep(0.3)
+    raise AssertionError(f"monitor did not settle: {client.get('/model').json()['monitor']}")
+
+
+def test_drift_and_robustness_metrics_move_under_stain_shift(client: httpx.Client) -> None:
+    files = {"image": ("x.png", patch_png(5), "image/png")}
+    assert client.post("/explain", files=files).status_code == 200  # IG delta histogram
+    runs = client.get("/model").json()["monitor"]["drift_runs"]
+    _stream(client, shifted=False, n=48, start=1000)
+    clean = _settled(client, runs)
+    runs = client.get("/model").json()["monitor"]["drift_runs"]
+    _stream(client, shifted=True, n=48, start=2000)
+    shifted = _settled(client, runs)
+    names = client.get("/metrics").text
+    for name, (kind, _, _) in METRICS.items():
+        assert (name + ("_total" if kind == "counter" else "")) in names, name
+    assert shifted["robustdx_drift_mmd"] > clean["robustdx_drift_mmd"], (clean, shifted)
+    assert shifted["robustdx_drift_mmd_p_value"] <= 0.05 < clean["robustdx_drift_mmd_p_value"] or (
+        shifted["robustdx_drift_mmd_p_value"] < clean["robustdx_drift_mmd_p_value"]
+    ), (clean, shifted)
+    assert shifted["robustdx_drift_psi"] != clean["robustdx_drift_psi"]
+    assert shifted["robustdx_drift_ks_statistic"] != clean["robustdx_drift_ks_statistic"]
+    assert shifted["robustdx_robust_margin"] != clean["robustdx_robust_margin"]
+    assert shifted["robustdx_robustness_samples_total"] > clean["robustdx_robustness_samples_total"]
+    assert 0.0 <= shifted["robustdx_adversarial_flip_rate"] <= 1.0
+    served = sum(v for k, v in shifted.items() if k.startswith("robustdx_predictions_total"))
+    assert served >= 96
+
+
+# ------------------------------------------------------------------------------------------------
+# hot reload
+# ------------------------------------------------------------------------------------------------
+def test_reload_requires_token(client: httpx.Client) -> None:
+    assert_4xx_json(client.post("/admin/reload"), 401)
+    assert_4xx_json(client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}), 401)
+    assert_4xx_json(client.post("/admin/reload", headers={"Authorization": TOKEN}), 401)
+
+
+def test_reload_under_load_then_refuse_tampered_bundle(server: Server, client: httpx.Client, store: dict[str, str]) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    v_a = client.get("/model").json()["version"]
+    stop, results, lock = threading.Event(), [], threading.Lock()
+
+    def hammer(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            i = 0
+            while not stop.is_set():
+                r = predict(c, patch_png(3000 + 100 * k + i % 50))
+                with lock:
+                    results.append((r.status_code, r.json()[0]["model_version"] if r.status_code == 200 else r.text))
+                i += 1
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        write_production(store["home"], store["b"])
+        r = client.post("/admin/reload", headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["reloaded"] and r.json()["tag"] == store["b"] and r.json()["previous_tag"] == store["a"]
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    v_b = client.get("/model").json()["version"]
+    assert v_b != v_a
+    failed = [x for x in results if x[0] != 200]
+    assert not failed and len(results) >= 20, failed[:5]
+    versions = [v for _, v in results]
+    assert set(versions) == {v_a, v_b} and versions.index(v_b) > 0
+
+    write_production(store["home"], store["bad"])
+    assert read_production(store["home"]).previous == store["b"]
+    body = assert_4xx_json(client.post("/admin/reload", headers=auth), 409)
+    assert "SHA-256" in body["error"] and store["b"] in body["error"]
+    assert client.get("/model").json()["tag"] == store["b"]
+    assert predict(client, patch_png(1)).json()[0]["model_version"] == v_b
+    write_production(store["home"], store["b"])
+
+
+def test_no_5xx_was_ever_served(client: httpx.Client) -> None:
+    lines = [ln for ln in client.get("/metrics").text.splitlines() if ln.startswith("bentoml_service_request_total")]
+    errors = [ln for ln in lines if re.search(r'http_response_code="5\d\d"', ln) and float(ln.rsplit(" ", 1)[1]) > 0]
+    assert lines and not errors, errors
+
+
+# ------------------------------------------------------------------------------------------------
+# production pointer and start-up without a model (no running server needed)
+# ------------------------------------------------------------------------------------------------
+def test_production_pointer_is_exact_atomic_and_keeps_previous(tmp_path: Path) -> None:
+    assert read_production(tmp_path) is None
+    with pytest.raises(LookupError, match="ROBUSTDX_MODEL_TAG"):
+        resolve_tag(tmp_path, env={})
+    with pytest.raises(ValueError, match="latest"):
+        write_production(tmp_path, "robustdx-classifier:latest")
+    write_production(tmp_path, "robustdx-classifier:aaa")
+    p = write_production(tmp_path, "robustdx-classifier:bbb")
+    assert (p.tag, p.previous) == ("robustdx-classifier:bbb", "robustdx-classifier:aaa") and read_production(tmp_path) == p
+    assert write_production(tmp_path, "robustdx-classifier:bbb").previous == "robustdx-classifier:aaa"  # idempotent
+    assert [f.name for f in pointer_path(tmp_path).parent.iterdir()] == ["production.json"]  # no temp files left
+    assert resolve_tag(tmp_path, env={}) == "robustdx-classifier:bbb"
+    assert resolve_tag(tmp_path, env={"ROBUSTDX_MODEL_TAG": "robustdx-classifier:ccc"}) == "robustdx-classifier:ccc"
+    pointer_path(tmp_path).write_text("{not json")
+    with pytest.raises(PointerError, match="production.json"):
+        read_production(tmp_path)
+
+
+def test_service_without_a_promoted_model_fails_at_startup_clearly(tmp_path: Path) -> None:
+    env = {"BENTOML_HOME": str(tmp_path / "empty_home"), "BENTOML_DO_NOT_TRACK": "True", "ROBUSTDX_MODEL_TAG": ""}
+    with pytest.raises((RuntimeError, TimeoutError)) as err:
+        with Server(env, tmp_path / "serve.log", timeout=90):
+            pass
+    assert "no model to serve" in str(err.value) and "ROBUSTDX_MODEL_TAG" in str(err.value)
