@@ -49,6 +49,14 @@ PCAM = REPO.parent / "shared" / "data" / "pcam"
 GOAL = 3.0
 
 
+def _relative(path: Path) -> str:
+    """A path relative to the repository when it lies inside it (no machine paths in committed JSON)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def bench_config(root: Path, output_dir: Path) -> RunConfig:
     """The briefly trained model: CE on 600 PCam patches, ResNet-18 at 96 px, one epoch."""
     return parse_config(
@@ -203,7 +211,7 @@ def main() -> None:
         "settings": {
             "arch": cfg.model.arch,
             "image_size": cfg.data.image_size,
-            "model": model_info | {"run": str(cfg.run_dir), "recipe": str(cfg.recipe), "epochs": cfg.pretrain.epochs},
+            "model": model_info | {"run": _relative(cfg.run_dir), "recipe": str(cfg.recipe), "epochs": cfg.pretrain.epochs},
             "images": n,
             "image_files": names,
             "labels": labels.tolist(),
