@@ -125,18 +125,6 @@ def _malloc_trim() -> Any:
         return None
 
 
-def pgd_ce(model: torch.nn.Module, x: Tensor, y: Tensor, cfg: Any) -> Tensor:
-    """PGD on the cross-entropy, as :func:`robustdx.core.attacks.attack_ce` but *without* its BatchNorm
-    folding: folding traces the model with ``torch.fx``, which patches ``nn.Module.__call__`` for the
-    whole process while it runs, so a forward pass in another thread (request path, monitor, reload)
-    breaks. The service runs model code in several threads, so it never traces."""
-    from robustdx.core.attacks import frozen_eval, pgd
-    from robustdx.core.losses import cross_entropy
-
-    with frozen_eval(model):
-        return pgd(lambda xa: cross_entropy(model(xa), y, reduction="none"), x, cfg, None)
-
-
 def _margin(logits: Tensor, target: Tensor) -> Tensor:
     """Logit of ``target`` minus the best other logit (negative = the prediction flipped)."""
     own = logits.gather(1, target[:, None]).squeeze(1)
@@ -283,12 +271,13 @@ class Monitor:
         self.drift_runs += 1
 
     def _compute_robustness(self, model: torch.nn.Module, x: Tensor, eps: float) -> None:
+        from robustdx.core.attacks import attack_ce
         from robustdx.core.config import AttackConfig
 
         with torch.no_grad():
             pred = model(x).argmax(1)
         cfg = AttackConfig(eps=eps, steps=self.settings.robust_steps)
-        x_adv = pgd_ce(model, x, pred, cfg) if eps > 0 else x
+        x_adv = attack_ce(model, x, pred, cfg) if eps > 0 else x
         with torch.no_grad():
             logits = model(x_adv)
         margin = _margin(logits, pred)
