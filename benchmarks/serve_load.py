@@ -173,7 +173,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         home = Path(tmp) / "bentoml"
         os.environ["BENTOML_HOME"] = str(home)  # this process too: BentoML reads its home once
-        from robustdx.service.store import save_bundle_to_store
+        from robustdx.core.modelstore import save_bundle_to_store
 
         bundle = args.bundle or make_bundle(Path(tmp) / "bundle", args.arch, args.size)
         tag = save_bundle_to_store(bundle, home)

@@ -214,6 +214,22 @@ class RunConfig(_Strict):
     progress: bool = Field(True, description="Show progress bars.")
     channels_last: bool = Field(True, description="channels_last memory format (faster convolutions on CPU and GPU).")
     n_reference: int = Field(512, ge=16, description="Training embeddings kept in the bundle for drift.")
+    val_robust_n: int = Field(
+        0,
+        ge=0,
+        description="Validation images attacked with eval_attack after every classifier epoch (val_robust_acc); 0 = off.",
+    )
+    monitor: Literal["acc", "robust_mean"] = Field(
+        "acc",
+        description="Checkpoint selection of classifier stages: val accuracy, or the mean of clean and robust val "
+        "accuracy (needs val_robust_n > 0; guards against robust overfitting, Rice et al. 2020).",
+    )
+
+    @model_validator(mode="after")
+    def _monitor_needs_robust_val(self) -> RunConfig:
+        if self.monitor == "robust_mean" and self.val_robust_n == 0:
+            raise ValueError("monitor=robust_mean needs val_robust_n > 0 (validation images to attack each epoch)")
+        return self
 
     @property
     def run_dir(self) -> Path:

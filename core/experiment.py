@@ -32,11 +32,12 @@ from torch.utils.data import DataLoader
 
 from robustdx.core import attribution as attr_metrics
 from robustdx.core import evaluate as ev
-from robustdx.core.config import AttackConfig, DatasetName, ExperimentConfig, Recipe, RunConfig
-from robustdx.core.data import ImageDataset, Splits, build_splits
+from robustdx.core.config import AttackConfig, ExperimentConfig, Recipe, RunConfig
+from robustdx.core.data import Splits, build_splits
 from robustdx.core.explain import attribution_map, fast_integrated_gradients, integrated_gradients, save_attack_grid
 from robustdx.core.recipes import has_classifier, run_recipe
 from robustdx.core.report import markdown_table
+from robustdx.core.scoring import region_batch
 from robustdx.core.train import atomic_write_bytes, resolve_device
 
 Log = Callable[[str], None]
@@ -47,22 +48,6 @@ def cell_config(base: RunConfig, exp: ExperimentConfig, recipe: Recipe, seed: in
     return base.model_copy(
         update={"recipe": recipe, "seed": seed, "name": f"{recipe}-s{seed}", "output_dir": exp.output_dir / exp.name / "runs"}
     )
-
-
-def _region_masks(splits: Splits, cfg: RunConfig, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """The first ``n`` test images, labels and the region the label depends on (lesion or centre)."""
-    if cfg.data.dataset == DatasetName.BUSI:
-        ds = ImageDataset(splits.test.records, splits.test.transform, with_masks=True)
-        items = [ds[i] for i in range(min(n, len(ds)))]
-        x = torch.stack([it[0] for it in items])
-        y = torch.tensor([it[1] for it in items])
-        masks = torch.stack([it[3][0] for it in items]) > 0.5
-        return x, y, masks, "lesion"
-    items = [splits.test[i] for i in range(min(n, len(splits.test)))]
-    x = torch.stack([it[0] for it in items])
-    y = torch.tensor([it[1] for it in items])
-    centre = attr_metrics.centre_mask(x.shape[-2], x.shape[-1]).bool()
-    return x, y, centre.expand(len(x), -1, -1), "centre"
 
 
 def _score_attributions(
@@ -124,7 +109,7 @@ def evaluate_cell(
     flags = ev.gradient_masking_flags(curve, [square] if square else [])
 
     a = exp.attribution
-    x, y, masks, region = _region_masks(splits, cfg, a.n_images)
+    x, y, masks, region = region_batch(splits, cfg, a.n_images)
     x, y, masks = x.to(device), y.to(device), masks.to(device)
     with torch.no_grad():
         target = model(x).argmax(1)

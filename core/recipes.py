@@ -58,7 +58,11 @@ def _guard_config(cfg: RunConfig, run_dir: Path) -> None:
     if saved.is_file():
         import yaml
 
-        old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in _VOLATILE}
+        try:  # through the model, so that fields added since (with their defaults) do not count as a change
+            saved_cfg = RunConfig.model_validate(yaml.safe_load(saved.read_text()) or {}).model_dump(mode="json")
+        except ValueError as err:
+            raise ConfigError(f"{saved} is no longer a valid run config ({err}); use another name or delete it") from None
+        old = {k: v for k, v in saved_cfg.items() if k not in _VOLATILE}
         new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _VOLATILE}
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

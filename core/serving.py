@@ -16,14 +16,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 MODEL_NAME = "robustdx-classifier"
 POINTER_DIR = "robustdx"
 POINTER_FILE = "production.json"
+LOCK_FILE = "promotion.lock"
+AUDIT_FILE = "promotions.jsonl"
 ENV_MODEL_TAG = "ROBUSTDX_MODEL_TAG"
 
 # --- Prometheus metric names (the exporter adds ``_total`` / ``_bucket`` suffixes as usual) -----
@@ -42,6 +48,15 @@ ROBUST_MARGIN = "robustdx_robust_margin"  # gauge: mean logit margin of the pred
 ROBUST_SAMPLES = "robustdx_robustness_samples"  # counter -> robustdx_robustness_samples_total
 IG_DELTA = "robustdx_ig_convergence_delta"  # histogram: |IG convergence delta| (logit units)
 MODEL_INFO = "robustdx_model_info"  # gauge = 1 for the serving model {version, regime, dataset, tag}
+
+# --- pushed by the flows to a Prometheus Pushgateway (job "robustdx-flows"), when one is configured ---
+FLOW_LAST_RUN = "robustdx_flow_last_run_timestamp_seconds"  # gauge {flow, outcome}
+FLOW_DURATION = "robustdx_flow_duration_seconds"  # gauge {flow}: wall time of the last run
+PROMOTION_LAST = "robustdx_promotion_last_timestamp_seconds"  # gauge {decision}: promoted / rejected / rolled_back
+CANDIDATE_SCORE = "robustdx_candidate_score"  # gauge {metric}: last candidate's validation scores
+PRODUCTION_SCORE = "robustdx_production_score"  # gauge {metric}: the serving model's scores in the same evaluation
+PUSH_JOB = "robustdx-flows"
+ENV_PUSHGATEWAY = "ROBUSTDX_PUSHGATEWAY"
 
 LABEL_CLASS = "class"
 INFO_LABELS = ("version", "regime", "dataset", "tag")
@@ -62,6 +77,14 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ROBUST_SAMPLES: ("counter", (), "Live images attacked by the background robustness probe."),
     IG_DELTA: ("histogram", (), "Absolute Integrated-Gradients convergence delta of /explain (logit units)."),
     MODEL_INFO: ("gauge", INFO_LABELS, "1 for the model being served."),
+}
+
+FLOW_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    FLOW_LAST_RUN: ("gauge", ("flow", "outcome"), "Unix time a flow last finished, by outcome (completed / failed)."),
+    FLOW_DURATION: ("gauge", ("flow",), "Wall time of the flow's last run in seconds."),
+    PROMOTION_LAST: ("gauge", ("decision",), "Unix time of the last promotion decision, by decision."),
+    CANDIDATE_SCORE: ("gauge", ("metric",), "Validation scores of the last promotion candidate."),
+    PRODUCTION_SCORE: ("gauge", ("metric",), "Validation scores of the serving model in the same evaluation."),
 }
 
 
@@ -156,3 +179,43 @@ def resolve_tag(home: Path | str | None = None, env: dict[str, Any] | None = Non
             f"(writes {pointer_path(home)}); a bare ':latest' is never served"
         )
     return pointer.tag
+
+
+@contextmanager
+def promotion_lock(home: Path | str | None = None, timeout: float = 900.0) -> Iterator[None]:
+    """Serialise promotions and rollbacks on one BentoML home (an OS file lock, so it holds across
+    processes and Prefect workers on one machine or a shared POSIX volume).
+
+    Why: a promotion reads the serving model, compares, saves and moves the pointer; two at once
+    could both compare against the same serving model and the loser's pointer write would silently
+    drop the winner from the rollback history.
+
+    Raises:
+        TimeoutError: another promotion held the lock for ``timeout`` seconds.
+    """
+    path = bentoml_home(home) / POINTER_DIR / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(path), timeout=timeout):
+            yield
+    except Timeout:
+        raise TimeoutError(f"another promotion holds {path} for more than {timeout:g} s") from None
+
+
+def append_audit(home: Path | str | None, record: dict[str, Any]) -> Path:
+    """Append one promotion / rejection / rollback record to ``promotions.jsonl`` (call under the lock)."""
+    path = bentoml_home(home) / POINTER_DIR / AUDIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps({"time": datetime.now(UTC).isoformat(), **record}, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def read_audit(home: Path | str | None = None) -> list[dict[str, Any]]:
+    """Every audit record, oldest first (empty before the first promotion)."""
+    path = bentoml_home(home) / POINTER_DIR / AUDIT_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from robustdx.core.attacks import attack_ce, attack_supcon, channels_like
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, RunConfig, StageConfig
 from robustdx.core.data import Splits
-from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict
+from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.registry import Registry
 
@@ -294,6 +294,36 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = resolve_device(cfg.device)
 
+    @property
+    def classifier_stage(self) -> bool:
+        return not self.strategy.two_views
+
+    @property
+    def monitor(self) -> str:
+        """The metric that picks the best epoch: the strategy's, or the robust-aware ``val_score``."""
+        if self.classifier_stage and self.cfg.monitor == "robust_mean":
+            return "val_score"
+        return self.strategy.monitor
+
+    def _robust_validation(self, model: nn.Module, val_acc: float) -> dict[str, float]:
+        """PGD accuracy on a fixed, seeded subset of validation (``cfg.val_robust_n`` images, ``cfg.eval_attack``)
+        and ``val_score`` = mean of clean (whole split) and robust (subset) validation accuracy: what sweeps optimise and
+        ``monitor=robust_mean`` selects on. Only classifier stages; off when ``val_robust_n`` is 0."""
+        if not self.classifier_stage or self.cfg.val_robust_n == 0:
+            return {}
+        rec = robust_accuracy(
+            model,
+            self.splits.val,
+            self.cfg.eval_attack,
+            self.device,
+            self.cfg.data.eval_batch_size,
+            max_n=self.cfg.val_robust_n,
+            seed=self.cfg.seed,
+            n_boot=100,
+        )
+        robust = float(rec["robust_acc"])
+        return {"val_robust_acc": robust, "val_score": (val_acc + robust) / 2}
+
     def _loader(self, epoch: int) -> DataLoader:
         g = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
         bs = self.cfg.data.batch_size
@@ -373,9 +403,10 @@ class Trainer:
                 metrics: dict[str, Any] = {"stage": self.regime, "epoch": epoch + 1, "lr": sched.get_last_lr()[0]}
                 metrics.update({k: float(np.mean(v)) for k, v in losses.items()})
                 metrics.update(self.strategy.validate(model, self.splits, self.device, self.cfg.data.eval_batch_size))
+                metrics.update(self._robust_validation(model, float(metrics.get("val_acc", 0.0))))
                 seconds += time.perf_counter() - t0
                 metrics["seconds"] = seconds
-                score = float(metrics[self.strategy.monitor])
+                score = float(metrics[self.monitor])
                 if score > best:
                     best, best_epoch = score, epoch + 1
                     save_weights(model, self.dir / BEST)
@@ -397,7 +428,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(metrics)
         load_weights(model, self.dir / BEST)
-        result = StageResult(self.regime, self.strategy.monitor, best, best_epoch, history, BEST, seconds)
+        result = StageResult(self.regime, self.monitor, best, best_epoch, history, BEST, seconds)
         atomic_write_bytes(done, lambda p: p.write_text(json.dumps(_jsonable(result.to_json()), indent=2)))
         return result
 

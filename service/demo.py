@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from robustdx.core.bundle import load_bundle
     from robustdx.core.serving import bentoml_home, write_production
     from robustdx.service.local import LocalServer
-    from robustdx.service.store import save_bundle_to_store
+    from robustdx.core.modelstore import save_bundle_to_store
 
     home = bentoml_home()
     tag = save_bundle_to_store(args.bundle, home)

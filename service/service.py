@@ -179,7 +179,7 @@ class Served:
 def _load(tag: str) -> Served:
     import torch
 
-    from robustdx.service.store import load_bundle_from_store
+    from robustdx.core.modelstore import load_bundle_from_store
 
     bundle = load_bundle_from_store(tag)
     for p in bundle.model.parameters():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ def synthetic_camelyon(factory: pytest.TempPathFactory, per_class: int, size: in
 def camelyon_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic copy: 24 patches of 48 px per class and hospital."""
     return synthetic_camelyon(tmp_path_factory, per_class=24, size=48)
+
+
+@pytest.fixture(scope="session")
+def learnable_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough synthetic data (60 patches of 32 px per class and hospital) for a tiny CNN to learn in
+    seconds: 0.81 in-distribution validation accuracy after 8 adversarial epochs, against 0.46 untrained."""
+    return synthetic_camelyon(tmp_path_factory, per_class=60, size=32)
+
+
+def learnable_raw(root: Path, out: Path, **over: Any) -> dict[str, Any]:
+    """``tiny_raw`` at 32 px on whole epochs, validated in distribution: a config that learns."""
+    raw = tiny_raw(root, out, **over)
+    raw["data"].update(image_size=32, batch_size=32, val_split="id_val")
+    for stage in ("pretrain", "finetune"):
+        raw[stage].setdefault("max_steps_per_epoch", None)
+        if raw[stage]["max_steps_per_epoch"] == 3:
+            raw[stage]["max_steps_per_epoch"] = None
+    return raw
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +90,22 @@ def tiny_raw(root: Path, out: Path, **over: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny_config(camelyon_root: Path, tmp_path: Path) -> RunConfig:
     return parse_config(tiny_raw(camelyon_root, tmp_path / "runs"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server for the session: Prefect's test harness (a subprocess on 127.0.0.1 with
+    a temporary SQLite database), with its own PREFECT_HOME and result storage. Yields the API URL."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage", PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())

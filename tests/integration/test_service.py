@@ -47,7 +47,7 @@ def store(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     with pytest.MonkeyPatch.context() as mp:  # BentoML reads its home once per process: never the user's ~/bentoml
         mp.setenv("BENTOML_HOME", str(home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "True")
-        from robustdx.service.store import model_path, save_bundle_to_store
+        from robustdx.core.modelstore import model_path, save_bundle_to_store
 
         a = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_a", seed=0)))
         b = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_b", seed=1)))

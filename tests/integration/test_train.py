@@ -146,3 +146,34 @@ def test_exact_resume_after_kill_9(camelyon_root: Path, tmp_path: Path) -> None:
     hb = (res_dir / "1-adv_supcon" / "metrics.jsonl").read_text().splitlines()
     strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
     assert [strip(x) for x in ha] == [strip(x) for x in hb]
+
+
+def test_robust_validation_and_robust_mean_selection(camelyon_root: Path, tmp_path: Path) -> None:
+    """val_robust_n adds PGD validation accuracy to every classifier epoch (what sweeps optimise),
+    and monitor=robust_mean selects the best epoch on the mean of clean and robust accuracy."""
+    seen: list[dict] = []
+    cfg = parse_config(tiny_raw(camelyon_root, tmp_path, val_robust_n=16, monitor="robust_mean"))
+    result = run_recipe(cfg, callbacks=[seen.append])
+    pre, ft = result.stages
+    assert pre.monitor == "val_centroid_acc" and ft.monitor == "val_score"
+    fine = [m for m in seen if m["stage"] == "finetune"]
+    assert fine and all("val_robust_acc" not in m for m in seen if m["stage"] != "finetune")
+    for m in fine:
+        assert 0 <= m["val_robust_acc"] <= 1
+        assert m["val_score"] == pytest.approx((m["val_acc"] + m["val_robust_acc"]) / 2)
+    assert ft.best_score == pytest.approx(max(m["val_score"] for m in fine))
+
+
+def test_robust_mean_needs_robust_validation(camelyon_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="val_robust_n > 0"):
+        parse_config(tiny_raw(camelyon_root, tmp_path, monitor="robust_mean"))
+
+
+def test_a_run_saved_before_new_fields_existed_still_resumes(camelyon_root: Path, tmp_path: Path) -> None:
+    cfg = parse_config(tiny_raw(camelyon_root, tmp_path))
+    run_recipe(cfg)
+    saved = cfg.run_dir / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["val_robust_n"], old["monitor"]  # as written by an older version
+    saved.write_text(yaml.safe_dump(old))
+    assert run_recipe(cfg).bundle.is_dir()

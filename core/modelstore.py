@@ -1,4 +1,7 @@
-"""Bundles in the BentoML model store.
+"""Bundles in the BentoML model store (needs the ``serve`` or ``orchestrate`` extra).
+
+Shared by the promotion flow (saves) and the service (loads), so it lives in core; ``bentoml`` is
+imported inside the functions, which keeps ``robustdx.core`` importable without it.
 
 A bundle folder (core/bundle.py) is copied file by file into a new model under
 :data:`robustdx.core.serving.MODEL_NAME`, *including its manifest*, so that loading from the store goes
@@ -12,12 +15,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import bentoml
+from typing import TYPE_CHECKING, Any
 
 from robustdx.core.bundle import JSON_FILES, MANIFEST, REFERENCE, WEIGHTS, Bundle, load_bundle, verify_bundle
 from robustdx.core.serving import MODEL_NAME
+
+if TYPE_CHECKING:
+    from bentoml import Model
 
 BUNDLE_FILES = (WEIGHTS, REFERENCE, *JSON_FILES, MANIFEST)
 
@@ -55,6 +59,8 @@ def save_bundle_to_store(bundle_dir: Path | str, home: Path | str | None = None)
         "eps": (metrics.get("robust") or {}).get("eps"),
     }
     metadata = {k: v for k, v in metadata.items() if v is not None}
+    import bentoml
+
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata, **_store_kwargs(home)) as model:
         dest = Path(model.path)
         for name in BUNDLE_FILES:
@@ -65,7 +71,22 @@ def save_bundle_to_store(bundle_dir: Path | str, home: Path | str | None = None)
 
 def model_path(tag: str, home: Path | str | None = None) -> Path:
     """The store folder of an exact tag (``bentoml.exceptions.NotFound`` when absent)."""
-    return Path(bentoml.models.get(tag, **_store_kwargs(home)).path)
+    return Path(get_model(tag, home).path)
+
+
+def get_model(tag: str, home: Path | str | None = None) -> Model:
+    """The store entry of an exact tag, with its labels and metadata."""
+    import bentoml
+
+    return bentoml.models.get(tag, **_store_kwargs(home))
+
+
+def list_models(home: Path | str | None = None) -> list[Model]:
+    """Every stored version of :data:`MODEL_NAME`, newest first."""
+    import bentoml
+
+    models = bentoml.models.list(MODEL_NAME, **_store_kwargs(home))
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
 
 
 def load_bundle_from_store(tag: str, home: Path | str | None = None) -> Bundle:

@@ -1,0 +1,107 @@
+"""Validation scores that decide between models: clean accuracy, robust accuracy at the serving ε,
+and how well the Integrated-Gradients attributions sit on the label region.
+
+Why one module: the sweep's objective, the evaluation flow and the promotion gates must compare
+models on *the same* images with *the same* attack, or a "better" candidate may only have been
+measured differently. :func:`validation_scores` is that one measurement; the test split stays
+untouched for the reports (SCIENCE.md: selection on validation, reporting on test).
+
+* clean: accuracy, balanced accuracy and AUC on the whole validation split;
+* robust: PGD accuracy (correct clean *and* attacked) at the serving ε on a seeded validation subset;
+* attribution: mean share of positive IG mass inside the label region (BUSI lesion masks; the
+  Camelyon17/PCam centre 32×32 that carries the tumour label), with the blur baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from robustdx.core import attribution as attr_metrics
+from robustdx.core.config import AttackConfig, DatasetName, RunConfig
+from robustdx.core.data import ImageDataset, Splits
+from robustdx.core.evaluate import classification_metrics, predict, robust_accuracy
+from robustdx.core.explain import attribution_map, fast_integrated_gradients
+
+Objective = Literal["robust_mean", "clean", "robust"]
+SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")
+
+
+def region_batch(
+    splits: Splits, cfg: RunConfig, n: int, split: Literal["val", "test"] = "test"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The first ``n`` images of ``split``, their labels and the region the label depends on."""
+    ds = getattr(splits, split)
+    if cfg.data.dataset == DatasetName.BUSI:
+        ds = ImageDataset(ds.records, ds.transform, with_masks=True)
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        masks = torch.stack([it[3][0] for it in items]) > 0.5
+        return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), masks, "lesion"
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    x = torch.stack([it[0] for it in items])
+    centre = attr_metrics.centre_mask(x.shape[-2], x.shape[-1]).bool()
+    return x, torch.tensor([it[1] for it in items]), centre.expand(len(x), -1, -1), "centre"
+
+
+def attribution_score(
+    model: nn.Module, x: torch.Tensor, masks: torch.Tensor, baseline: str = "blur", tol: float = 0.01
+) -> float | None:
+    """Mean positive IG mass inside ``masks`` for the predicted class (None when no image has a region)."""
+    has_region = masks.flatten(1).any(1)
+    if not has_region.any():
+        return None
+    x, masks = x[has_region], masks[has_region]
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    ig = fast_integrated_gradients(model, x, target=target, baseline=baseline, tol=tol)
+    return float(attr_metrics.mass_in_region(attribution_map(ig.attributions), masks).mean())
+
+
+def validation_scores(
+    model: nn.Module,
+    cfg: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    eps: float,
+    n_robust: int = 256,
+    n_attr: int = 16,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Clean, robust (PGD at ``eps``) and attribution scores of ``model`` on the validation split.
+
+    ``steps`` defaults to ``cfg.eval_attack.steps``; restarts and seed come from ``cfg`` so two models
+    scored with the same ``cfg`` see the same images and the same random starts.
+    """
+    model.to(device).eval()
+    probs, labels, _groups = predict(model, DataLoader(splits.val, batch_size=cfg.data.eval_batch_size), device)
+    clean = classification_metrics(probs, labels)
+    attack = AttackConfig(eps=eps, steps=steps or cfg.eval_attack.steps, restarts=cfg.eval_attack.restarts)
+    robust = robust_accuracy(
+        model, splits.val, attack, device, cfg.data.eval_batch_size, max_n=n_robust, seed=cfg.seed, n_boot=200
+    )
+    x, _y, masks, region = region_batch(splits, cfg, n_attr, split="val")
+    attribution = attribution_score(model, x.to(device), masks.to(device)) if n_attr else None
+    return {
+        "clean_acc": float(clean["acc"]),
+        "balanced_acc": float(clean["bal_acc"]),
+        "auc": clean.get("auc"),
+        "robust_acc": float(robust["robust_acc"]),
+        "eps": float(eps),
+        "pgd_steps": attack.steps,
+        "attribution": attribution,
+        "region": region,
+        "n_val": len(labels),
+        "n_robust": int(robust["n"]),
+    }
+
+
+def objective_score(scores: dict[str, Any], objective: Objective = "robust_mean") -> float:
+    """The single number a sweep maximises: mean of clean and robust accuracy by default."""
+    if objective == "clean":
+        return float(scores["clean_acc"])
+    if objective == "robust":
+        return float(scores["robust_acc"])
+    return (float(scores["clean_acc"]) + float(scores["robust_acc"])) / 2

@@ -1,0 +1,179 @@
+"""Gated promotion of a model bundle into the BentoML store, and rollback.
+
+The steps, all under :func:`robustdx.core.serving.promotion_lock` so that two promotions at once
+cannot both compare against the same serving model:
+
+1. score the candidate *and* the serving model on the candidate's validation split, at the serving
+   ε (the serving bundle's ``eval_attack.eps``: the ε its robustness probe watches in production);
+2. :func:`robustdx.core.promotion.decide` — clean, robust and attribution gates;
+3. on success: save the bundle into the store (its SHA-256 manifest kept), move the production
+   pointer atomically (the old tag becomes the rollback target), append to the audit log;
+   on rejection: only the audit log.
+
+Plain functions (no Prefect) so that the CLI, the flows and tests share them; the Prefect flows in
+:mod:`robustdx.flows.pipeline` wrap them with artifacts, retries and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from robustdx.core import serving
+from robustdx.core.bundle import Bundle, load_bundle
+from robustdx.core.data import build_splits
+from robustdx.core.modelstore import load_bundle_from_store, save_bundle_to_store
+from robustdx.core.promotion import Decision, GateConfig, decide
+from robustdx.core.scoring import validation_scores
+from robustdx.core.train import resolve_device
+
+
+class EvaluationSettings(BaseModel):
+    """How candidate and serving model are scored on validation (same images, same attack)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eps: float | None = Field(None, ge=0, le=1, description="Serving ε in pixel units; default: the serving bundle's.")
+    n_robust: int = Field(256, ge=1, description="Validation images attacked with PGD.")
+    n_attr: int = Field(16, ge=0, description="Validation images explained with IG for the attribution score (0: skip).")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    candidate: dict[str, Any]
+    production: dict[str, Any] | None
+    production_tag: str | None
+    eps: float
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    decision: Decision
+    evaluation: Evaluation
+    tag: str | None  # the new production tag when promoted
+    previous: str | None  # the tag it replaced
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "promoted": self.decision.promote,
+            "tag": self.tag,
+            "previous": self.previous,
+            "eps": self.evaluation.eps,
+            "candidate": self.evaluation.candidate,
+            "production": self.evaluation.production,
+            "production_tag": self.evaluation.production_tag,
+            **self.decision.to_json(),
+        }
+
+
+def serving_bundle(home: Path | str | None) -> tuple[str, Bundle] | None:
+    """The serving model's tag and hash-verified bundle, or None before the first promotion."""
+    pointer = serving.read_production(home)
+    if pointer is None:
+        return None
+    return pointer.tag, load_bundle_from_store(pointer.tag, home)
+
+
+def evaluate_against_production(
+    bundle_dir: Path | str, home: Path | str | None = None, settings: EvaluationSettings | None = None
+) -> Evaluation:
+    """Score the candidate and the serving model on the candidate's validation split."""
+    settings = settings or EvaluationSettings()
+    candidate = load_bundle(bundle_dir)
+    current = serving_bundle(home)
+    eps = settings.eps
+    if eps is None:
+        eps = (current[1] if current else candidate).config.eval_attack.eps
+    cfg = candidate.config
+    splits = build_splits(cfg.data)
+    device = resolve_device(cfg.device)
+
+    def score(bundle: Bundle) -> dict[str, Any]:
+        return validation_scores(bundle.model, cfg, splits, device, eps, settings.n_robust, settings.n_attr)
+
+    return Evaluation(score(candidate), score(current[1]) if current else None, current[0] if current else None, eps)
+
+
+def promote(
+    bundle_dir: Path | str,
+    gates: GateConfig | None = None,
+    settings: EvaluationSettings | None = None,
+    home: Path | str | None = None,
+    lock_timeout: float = 900.0,
+) -> PromotionResult:
+    """Evaluate, gate and — when every gate passes — save and point production at the candidate."""
+    gates = gates or GateConfig()
+    with serving.promotion_lock(home, lock_timeout):
+        evaluation = evaluate_against_production(bundle_dir, home, settings)
+        decision = decide(evaluation.candidate, evaluation.production, gates)
+        tag = previous = None
+        if decision.promote:
+            tag = save_bundle_to_store(bundle_dir, home)
+            pointer = serving.write_production(home, tag)
+            previous = pointer.previous
+        serving.append_audit(
+            home,
+            {
+                "action": "promoted" if decision.promote else "rejected",
+                "bundle": str(bundle_dir),
+                "tag": tag,
+                "previous": previous,
+                "production_tag": evaluation.production_tag,
+                "eps": evaluation.eps,
+                "candidate": evaluation.candidate,
+                "production": evaluation.production,
+                "summary": decision.summary,
+            },
+        )
+    return PromotionResult(decision, evaluation, tag, previous)
+
+
+def rollback(home: Path | str | None = None, lock_timeout: float = 900.0) -> serving.Pointer:
+    """Point production back at the previous tag (which must still be in the store, unaltered).
+
+    Rolling back twice returns to where you started: the tag rolled back from becomes ``previous``.
+
+    Raises:
+        LookupError: nothing was promoted yet, or there is no previous tag.
+        BundleError: the previous bundle in the store fails its hash check (pointer left unchanged).
+    """
+    with serving.promotion_lock(home, lock_timeout):
+        pointer = serving.read_production(home)
+        if pointer is None or not pointer.previous:
+            raise LookupError("nothing to roll back to: no previous production model (promote at least twice)")
+        load_bundle_from_store(pointer.previous, home)  # refuses a missing or altered bundle
+        new = serving.write_production(home, pointer.previous)
+        serving.append_audit(home, {"action": "rolled_back", "tag": new.tag, "previous": new.previous})
+    return new
+
+
+def reload_service(url: str, token: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Ask a running service to load the production model now (``POST /admin/reload``).
+
+    Raises:
+        RuntimeError: the service answered with an error or could not be reached (message says which).
+    """
+    token = token or os.environ.get("ROBUSTDX_ADMIN_TOKEN")
+    if not token:
+        raise RuntimeError("set ROBUSTDX_ADMIN_TOKEN (the service's admin token) to reload it after promotion")
+    req = urllib.request.Request(
+        url.rstrip("/") + "/admin/reload", data=b"{}", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    req.add_header("Content-Type", "application/json")
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raise RuntimeError(f"{url}/admin/reload answered {err.code}: {err.read()[:500]!r}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(f"could not reach {url}: {err}") from None
+    return {**body, "seconds": time.perf_counter() - t0}

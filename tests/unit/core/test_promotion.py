@@ -1,0 +1,104 @@
+"""Promotion gates (pure decisions) and the promotion lock / audit log of the production pointer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from robustdx.core import serving
+from robustdx.core.promotion import GateConfig, decide
+
+pytestmark = pytest.mark.unit
+
+SERVING = {"clean_acc": 0.85, "robust_acc": 0.60, "attribution": 0.40, "eps": 4 / 255}
+
+
+def scores(**over: float) -> dict[str, float]:
+    return {**SERVING, **over}
+
+
+def test_equal_model_is_promoted() -> None:
+    d = decide(scores(), SERVING, GateConfig())
+    assert d.promote and not d.reasons
+    assert d.summary.startswith("promoted")
+
+
+@pytest.mark.parametrize(
+    ("metric", "value"),
+    [("clean_acc", 0.83), ("robust_acc", 0.58), ("attribution", 0.37)],
+)
+def test_each_gate_rejects_a_drop_beyond_its_tolerance(metric: str, value: float) -> None:
+    d = decide(scores(**{metric: value}), SERVING, GateConfig())
+    assert not d.promote
+    assert len(d.reasons) == 1 and d.reasons[0].startswith(metric)
+    assert "rejected" in d.summary and "serving" in d.summary
+
+
+def test_drop_within_tolerance_passes_and_better_passes() -> None:
+    assert decide(scores(clean_acc=0.845, robust_acc=0.595, attribution=0.385), SERVING, GateConfig()).promote
+    assert decide(scores(clean_acc=0.9, robust_acc=0.7, attribution=0.5), SERVING, GateConfig()).promote
+
+
+def test_trading_robustness_for_accuracy_is_rejected() -> None:
+    d = decide(scores(clean_acc=0.95, robust_acc=0.30), SERVING, GateConfig())
+    assert not d.promote and any(r.startswith("robust_acc") for r in d.reasons)
+
+
+def test_first_model_only_faces_the_floors() -> None:
+    assert decide(scores(clean_acc=0.6), None, GateConfig()).promote
+    d = decide(scores(clean_acc=0.6), None, GateConfig(min_clean_acc=0.7))
+    assert not d.promote and d.reasons[0].startswith("clean_acc 0.6000 < floor 0.7")
+
+
+def test_missing_attribution_on_candidate_is_a_failure_not_a_pass() -> None:
+    d = decide(scores(attribution=None), SERVING, GateConfig())  # type: ignore[arg-type]
+    assert not d.promote and "candidate has no value" in d.reasons[0]
+
+
+def test_scores_at_different_eps_are_refused() -> None:
+    with pytest.raises(ValueError, match="different ε"):
+        decide(scores(eps=8 / 255), SERVING, GateConfig())
+
+
+def test_gate_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="clean_tolerence"):
+        GateConfig.model_validate({"clean_tolerence": 0.1})
+
+
+def test_lock_serialises_and_audit_keeps_order(tmp_path: Path) -> None:
+    order: list[str] = []
+
+    def worker(name: str) -> None:
+        with serving.promotion_lock(tmp_path):
+            order.append(f"{name}-in")
+            time.sleep(0.2)
+            serving.append_audit(tmp_path, {"action": name})
+            order.append(f"{name}-out")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert order[0][:1] == order[1][:1] and order[2][:1] == order[3][:1]  # no interleaving
+    assert [r["action"] for r in serving.read_audit(tmp_path)] == [order[0][0], order[2][0]]
+
+
+def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
+    with serving.promotion_lock(tmp_path):
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                with serving.promotion_lock(tmp_path, timeout=0.2):
+                    pass
+            except TimeoutError as err:
+                errors.append(err)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert errors and "another promotion holds" in str(errors[0])
