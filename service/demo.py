@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from robustdx.core.bundle import load_bundle
+    from robustdx.core.modelstore import save_bundle_to_store
     from robustdx.core.serving import bentoml_home, write_production
     from robustdx.service.local import LocalServer
-    from robustdx.core.modelstore import save_bundle_to_store
 
     home = bentoml_home()
     tag = save_bundle_to_store(args.bundle, home)
