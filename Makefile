@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv with every extra (about 2-3 minutes the first time)
 
-demo: venv  ## synthesise data, train adv-SupCon + fine-tune, bundle + report, then serve it and call /predict and /explain
+demo: venv  ## synthetic data -> Ray Tune sweep -> train the best adv-SupCon -> gated promotion (Prefect), then serve it and call /predict and /explain
 	$(VENV)/bin/robustdx demo
-	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --bundle runs/demo/bundle --out runs/demo/serve
+	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --out runs/demo/serve
 
 test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected without a GPU)
 	$(VENV)/bin/ruff check core flows service tests benchmarks

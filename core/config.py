@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -291,27 +292,39 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tup
     try:
         exp = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, ExperimentConfig)) from None
+        raise ConfigError(format_errors(err, ExperimentConfig, "experiment configuration")) from None
     base = exp.base if exp.base.is_absolute() or not (path.parent / exp.base).is_file() else path.parent / exp.base
     return exp, load_config(base, exp.overrides)
 
 
-def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
+def _section(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel]:
+    """The pydantic model at ``path`` below ``model`` (unwrapping ``X | None``)."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return model
+        candidates = [field.annotation, *get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return model
+        model = nested[0]
+    return model
+
+
+def format_errors(err: ValidationError, model: type[BaseModel], what: str = "configuration") -> str:
+    """One line per problem, naming the key; an unknown key gets the valid keys of *its* section and the
+    nearest spelling. Shared by every YAML-backed config (runs, experiments, sweeps)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            parent = model
-            for part in e["loc"][:-1]:
-                field = parent.model_fields.get(str(part))
-                ann = getattr(field, "annotation", None)
-                parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else parent
-            msg = f"unknown key.{suggest(str(e['loc'][-1]), list(parent.model_fields))} Valid: {', '.join(parent.model_fields)}"
-        elif "input" in e and e["type"] not in ("missing",):
+            valid = list(_section(model, loc[:-1]).model_fields)
+            msg = f"unknown key.{suggest(loc[-1], valid)} Valid: {', '.join(valid)}"
+        elif "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {loc or '<root>'}: {msg}")
-    return "invalid configuration:\n" + "\n".join(lines)
+        lines.append(f"  {'.'.join(loc) or '<root>'}: {msg}")
+    return f"invalid {what}:\n" + "\n".join(lines)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -336,7 +349,7 @@ def parse_config(raw: dict[str, Any], overrides: list[str] | None = None) -> Run
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, RunConfig)) from None
+        raise ConfigError(format_errors(err, RunConfig)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -35,7 +35,13 @@ RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.ADV_SUPCON: [(Regime.ADV_SUPCON, "pretrain")],
     Recipe.ADV_SUPCON_FT: [(Regime.ADV_SUPCON, "pretrain"), (Regime.FINETUNE, "finetune")],
 }
-_VOLATILE = {"progress", "device", "output_dir", "channels_last"}  # may change between a run and its resumption
+VOLATILE_KEYS = frozenset({"progress", "device", "output_dir", "channels_last"})
+"""Run-config keys that may change between a run and its resumption (where and how it runs, not what)."""
+
+
+def stage_dir(cfg: RunConfig, index: int) -> Path:
+    """The folder of stage ``index`` (0-based) of ``cfg.recipe``: ``<run_dir>/<index+1>-<regime>``."""
+    return cfg.run_dir / f"{index + 1}-{RECIPES[cfg.recipe][index][0]}"
 
 
 @dataclass
@@ -62,8 +68,8 @@ def _guard_config(cfg: RunConfig, run_dir: Path) -> None:
             saved_cfg = RunConfig.model_validate(yaml.safe_load(saved.read_text()) or {}).model_dump(mode="json")
         except ValueError as err:
             raise ConfigError(f"{saved} is no longer a valid run config ({err}); use another name or delete it") from None
-        old = {k: v for k, v in saved_cfg.items() if k not in _VOLATILE}
-        new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _VOLATILE}
+        old = {k: v for k, v in saved_cfg.items() if k not in VOLATILE_KEYS}
+        new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in VOLATILE_KEYS}
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(
@@ -131,7 +137,7 @@ def run_recipe(
             regime,
             stage_cfg,
             splits_for(regime in (Regime.SUPCON, Regime.ADV_SUPCON)),
-            run_dir / f"{i + 1}-{regime}",
+            stage_dir(cfg, i),
             callbacks,
         )
         log(f"stage {i + 1}/{len(RECIPES[cfg.recipe])}: {regime} ({stage_cfg.epochs} epochs) on {device}")

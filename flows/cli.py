@@ -7,8 +7,9 @@ so the core commands work with only ``pip install robustdx``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -188,13 +189,220 @@ def experiment(
 
 @app.command()
 def demo(
-    config: ConfigOpt = Path("configs/demo.yaml"),
+    sweep_config: Annotated[Path, typer.Option("--sweep", help="Sweep file.")] = Path("configs/sweeps/demo.yaml"),
     data: Annotated[Path, typer.Option(help="Where the synthetic data set is written.")] = Path("data/synthetic/camelyon17"),
-    set_: SetOpt = None,
+    num_samples: Annotated[int | None, typer.Option(min=1, help="Trials (default: the sweep file's).")] = None,
+    train_set: Annotated[
+        list[str] | None, typer.Option("--train-set", help="Override for the full training of the best trial (repeatable).")
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="Folder of runs, sweeps, the model store and Prefect's database.")] = Path("runs"),
 ) -> None:
-    """The whole loop on an embedded default: synthesise data, train adv-SupCon + fine-tune, bundle, report."""
+    """The whole loop on an embedded default: synthesise data, sweep (Ray Tune), train the best configuration
+    (adversarial SupCon + fine-tuning), evaluate it against the serving model and promote it through the gates —
+    as a Prefect flow, recorded in a local Prefect database you can browse in the Prefect UI afterwards."""
+    import os
+
     data_synth(out=data, format_="camelyon17", per_class=60, size=96, seed=0, force=False)
-    _train(config, [f"data.root={data}", *(set_ or [])], dry_run=False, progress=True)
+    runs = runs.resolve()
+    os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect's temporary server, with its database kept in runs/prefect
+        os.environ.setdefault("PREFECT_HOME", str(runs / "prefect"))
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+
+    params = RetrainParams(
+        sweep=SweepParams(
+            config=str(sweep_config),
+            num_samples=num_samples,
+            overrides=[f"storage_path={runs / 'sweeps'}"],
+            run_overrides=[f"data.root={data.resolve()}"],
+        ),
+        train_overrides=train_set or [],
+        output_dir=str(runs / "retrain"),
+        reason="make demo",
+    )
+    try:
+        out = retrain_flow(params)
+    except (ConfigError, DataError, BundleError) as err:
+        _fail(err)
+        return
+    promotion, trained, sweep_out = out["promotion"], out["train"], out["sweep"]
+    _print_metrics(trained["metrics"])
+    verdict, _, why = promotion["summary"].partition(": ")
+    console.print(f"[{'green' if promotion['promoted'] else 'yellow'}]{verdict}[/] — {why}")
+    best = ", ".join(f"{k}={v * 255:.0f}/255" if k == "eps" else f"{k}={v:.3g}" for k, v in sweep_out["best_params"].items())
+    console.print(
+        f"sweep:   {sweep_out['path']} (best {best}; score {sweep_out['best_score']:.4f})\n"
+        f"report:  {trained['report']}\n"
+        f"bundle:  {trained['bundle']}\n"
+        f"serving: {os.environ['BENTOML_HOME']} ({promotion.get('tag') or promotion.get('production_tag')})"
+    )
+    if os.environ.get("PREFECT_HOME") == str(runs / "prefect"):
+        console.print(
+            f"Prefect UI: PREFECT_HOME={runs / 'prefect'} {Path(sys.executable).parent / 'prefect'} server start "
+            "→ http://127.0.0.1:4200 (flow runs, the sweep table and the promotion decision as artifacts)"
+        )
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def sweep(ctx: typer.Context) -> None:
+    """Ray Tune sweep over ε, PGD steps and learning rate (`robustdx sweep --help` for its options).
+
+    Same as `python -m robustdx.flows.tune ...`, which `ray job submit` sends to a cluster.
+    """
+    from robustdx.flows import tune
+
+    raise typer.Exit(tune.main(ctx.args, prog="robustdx sweep"))
+
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="BentoML home holding the model store (default: $BENTOML_HOME or ~/bentoml).")
+]
+
+
+def _scores_table(ev: Any) -> Table:
+    """Candidate vs serving model, from a :class:`robustdx.flows.promote.Evaluation`."""
+    candidate, production, tag = ev.candidate, ev.production, ev.production_tag
+    table = Table(title=f"validation at ε = {ev.eps * 255:.1f}/255")
+    for col in ("validation metric", "candidate", f"serving ({tag})" if tag else "serving (none)"):
+        table.add_column(col)
+    for key in ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust"):
+        cells = [candidate.get(key), (production or {}).get(key)]
+        table.add_row(key, *("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells))
+    return table
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Candidate bundle folder (runs/NAME/bundle).")],
+    home: HomeOpt = None,
+    n_robust: Annotated[int, typer.Option(min=1, help="Validation images attacked with PGD.")] = 256,
+    n_attr: Annotated[int, typer.Option(min=0, help="Validation images explained with IG (0: skip).")] = 16,
+) -> None:
+    """Score a bundle and the serving model side by side on validation (clean, PGD at the serving ε, attribution)."""
+    from robustdx.flows.promote import EvaluationSettings, evaluate_against_production
+
+    try:
+        ev = evaluate_against_production(bundle, home, EvaluationSettings(n_robust=n_robust, n_attr=n_attr))
+    except (ConfigError, DataError, BundleError, FileNotFoundError) as err:
+        _fail(err)
+        return
+    console.print(_scores_table(ev))
+
+
+@app.command()
+def promote(
+    bundle: Annotated[Path | None, typer.Argument(help="Candidate bundle folder; omit with --rollback.")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Serve the previous production model again.")] = False,
+    home: HomeOpt = None,
+    clean_tolerance: Annotated[float, typer.Option(min=0, max=1, help="Allowed drop in clean val accuracy.")] = 0.01,
+    robust_tolerance: Annotated[float, typer.Option(min=0, max=1, help="Allowed drop in robust val accuracy.")] = 0.01,
+    attribution_tolerance: Annotated[float, typer.Option(min=0, max=1, help="Allowed drop in attribution score.")] = 0.02,
+    n_robust: Annotated[int, typer.Option(min=1, help="Validation images attacked with PGD.")] = 256,
+    service_url: Annotated[
+        str | None, typer.Option(help="Reload this running service afterwards (needs $ROBUSTDX_ADMIN_TOKEN).")
+    ] = None,
+) -> None:
+    """Promote a bundle into the BentoML store if it is not worse than the serving model (clean, robust and
+    attribution gates), or roll production back. Exit code 1 when the gates reject the candidate."""
+    from robustdx.core.promotion import GateConfig
+    from robustdx.flows import promote as promotion
+
+    rejected: str | None = None
+    try:
+        if rollback:
+            if bundle is not None:
+                raise ValueError("give either a bundle or --rollback, not both")
+            pointer = promotion.rollback(home)
+            console.print(f"[green]rolled back:[/] serving [bold]{pointer.tag}[/] (was {pointer.previous})")
+        else:
+            if bundle is None:
+                raise ValueError("give the bundle folder to promote (or --rollback)")
+            gates = GateConfig(
+                clean_tolerance=clean_tolerance, robust_tolerance=robust_tolerance, attribution_tolerance=attribution_tolerance
+            )
+            result = promotion.promote(bundle, gates, promotion.EvaluationSettings(n_robust=n_robust), home)
+            console.print(_scores_table(result.evaluation))
+            if not result.decision.promote:
+                rejected = result.decision.summary
+            else:
+                console.print(f"[green]promoted[/] [bold]{result.tag}[/] (previous: {result.previous})")
+        if service_url and rejected is None:
+            reply = promotion.reload_service(service_url)
+            console.print(f"service {service_url} serves {reply.get('tag')}")
+    except (ConfigError, DataError, BundleError, FileNotFoundError, LookupError, ValueError, RuntimeError, TimeoutError) as err:
+        _fail(err)
+    if rejected is not None:  # outside the try: typer.Exit is a RuntimeError
+        err_console.print(f"[bold yellow]{rejected}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def retrain(
+    sweep_config: Annotated[Path, typer.Option("--sweep", help="Sweep file.")] = Path("configs/sweeps/demo.yaml"),
+    num_samples: Annotated[int | None, typer.Option(min=1, help="Trials (default: the sweep file's).")] = None,
+    train_set: Annotated[
+        list[str] | None, typer.Option("--train-set", help="Override for the full training of the best trial (repeatable).")
+    ] = None,
+    home: HomeOpt = None,
+    output_dir: Annotated[Path, typer.Option(help="Where the retrained runs go.")] = Path("runs/retrain"),
+) -> None:
+    """Run the retrain flow once (sweep → train the best → evaluate → gated promotion) through Prefect.
+
+    Uses the Prefect server in $PREFECT_API_URL, else a temporary local one.
+    """
+    from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+
+    params = RetrainParams(
+        sweep=SweepParams(config=str(sweep_config), num_samples=num_samples),
+        train_overrides=train_set or [],
+        output_dir=str(output_dir),
+        bentoml_home=str(home) if home else None,
+    )
+    try:
+        out = retrain_flow(params)
+    except (ConfigError, DataError, BundleError, FileNotFoundError) as err:
+        _fail(err)
+        return
+    console.print(out["promotion"]["summary"])
+
+
+@app.command()
+def deploy(
+    cron: Annotated[str, typer.Option(help="Cron schedule of the nightly retrain (UTC).")] = "0 2 * * *",
+    no_cron: Annotated[bool, typer.Option("--no-cron", help="Only the drift-triggered deployment.")] = False,
+    cooldown_minutes: Annotated[float, typer.Option(min=0.1, help="Drift events within this window start one retrain.")] = 360,
+    sweep_config: Annotated[Path, typer.Option("--sweep", help="Sweep file of the retrains.")] = Path("configs/sweeps/demo.yaml"),
+    train_set: Annotated[list[str] | None, typer.Option("--train-set", help="Full-training override (repeatable).")] = None,
+    home: HomeOpt = None,
+    service_url: Annotated[str | None, typer.Option(help="Service to reload after a promotion.")] = None,
+) -> None:
+    """Serve the retrain deployments (nightly cron + drift trigger) from this process until Ctrl-C.
+
+    Needs a Prefect server ($PREFECT_API_URL, e.g. `prefect server start`); for a worker-based setup see prefect.yaml.
+    """
+    from datetime import timedelta
+
+    from robustdx.flows.pipeline import RetrainParams, SweepParams
+    from robustdx.flows.schedule import build_deployments, serve
+
+    base = RetrainParams(
+        sweep=SweepParams(config=str(sweep_config)),
+        train_overrides=train_set or [],
+        bentoml_home=str(home) if home else None,
+        service_url=service_url,
+    )
+    try:
+        deployments = build_deployments(base, None if no_cron else cron, timedelta(minutes=cooldown_minutes))
+    except ValueError as err:
+        _fail(err)
+        return
+    console.print(f"serving {', '.join(d.name for d in deployments)} of flow 'retrain' (Ctrl-C stops)")
+    serve(deployments)
 
 
 def main() -> None:

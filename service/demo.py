@@ -1,9 +1,11 @@
-"""The serving half of ``make demo``: promote a bundle, serve it, call it, stop it.
+"""The serving half of ``make demo``: serve the production model, call it, stop it.
 
-    python -m robustdx.service.demo --bundle runs/demo/bundle --out runs/demo/serve
+    python -m robustdx.service.demo --out runs/demo/serve                 # what promotion chose
+    python -m robustdx.service.demo --bundle runs/x/bundle --out ...      # force a bundle (no gates)
 
-1. saves the bundle into the BentoML model store (``$BENTOML_HOME``, default ``~/bentoml``) and points
-   the production pointer at its exact tag (what the promotion flow will do);
+1. with ``--bundle`` only: saves the bundle into the BentoML model store (``$BENTOML_HOME``, default
+   ``~/bentoml``) and points production at it, *bypassing the promotion gates* (a quick look at a
+   model); without it, serves the model the promotion flow put in production;
 2. starts ``bentoml serve`` on a free 127.0.0.1 port with that model and waits for ``/readyz``;
 3. sends one image to ``/predict`` and to ``/explain`` (with a PGD attack at the bundle's ε), saves
    the returned heatmaps as PNG files and the JSON answers beside them;
@@ -16,6 +18,7 @@ import argparse
 import base64
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,22 +52,31 @@ def demo_image(data_root: Path | None, size: int = 96) -> tuple[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Serve a bundle with BentoML, call /predict and /explain, stop.")
-    ap.add_argument("--bundle", type=Path, default=Path("runs/demo/bundle"), help="Bundle folder to promote and serve.")
+    ap.add_argument(
+        "--bundle", type=Path, default=None, help="Bundle to put in production without the gates (default: serve production)."
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/demo/serve"), help="Where the answers and heatmaps go.")
     ap.add_argument("--data", type=Path, default=Path("data/synthetic/camelyon17"), help="Synthetic data (demo image).")
     ap.add_argument("--keep-seconds", type=float, default=0.0, help="Keep the service up this long before stopping.")
     args = ap.parse_args(argv)
 
-    from robustdx.core.bundle import load_bundle
-    from robustdx.core.modelstore import save_bundle_to_store
-    from robustdx.core.serving import bentoml_home, write_production
+    from robustdx.core.modelstore import load_bundle_from_store, save_bundle_to_store
+    from robustdx.core.serving import bentoml_home, resolve_tag, write_production
     from robustdx.service.local import LocalServer
 
     home = bentoml_home()
-    tag = save_bundle_to_store(args.bundle, home)
-    pointer = write_production(home, tag)
-    eps = float(load_bundle(args.bundle).config.eval_attack.eps)
-    print(f"promoted {tag} (previous: {pointer.previous}); BentoML home {home}")
+    if args.bundle is not None:
+        tag = save_bundle_to_store(args.bundle, home)
+        pointer = write_production(home, tag)
+        print(f"put {tag} in production without the gates (previous: {pointer.previous}); BentoML home {home}")
+    else:
+        try:
+            tag = resolve_tag(home)
+        except LookupError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"serving production model {tag} from BentoML home {home}")
+    eps = float(load_bundle_from_store(tag, home).config.eval_attack.eps)
     args.out.mkdir(parents=True, exist_ok=True)
     name, png = demo_image(args.data if args.data.exists() else None)
     (args.out / "input.png").write_bytes(png)

@@ -23,7 +23,7 @@ def robustdx(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def test_help_lists_commands() -> None:
     out = robustdx("--help")
     assert out.returncode == 0
-    for cmd in ("train", "data", "info", "demo"):
+    for cmd in ("train", "data", "info", "demo", "sweep", "evaluate", "promote", "retrain", "deploy"):
         assert cmd in out.stdout
 
 
@@ -45,6 +45,17 @@ def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
     bundle = tmp_path / "runs" / "cli" / "bundle"
     assert (tmp_path / "runs" / "cli" / "report.md").is_file()
 
+    home = tmp_path / "bentoml"
+    promoted = robustdx("promote", str(bundle), "--home", str(home), "--n-robust", "16")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "promoted robustdx-classifier:" in promoted.stdout and "clean_acc" in promoted.stdout
+    no_previous = robustdx("promote", "--rollback", "--home", str(home))
+    assert no_previous.returncode == 2 and "nothing to roll back to" in no_previous.stderr
+    both = robustdx("promote", str(bundle), "--rollback", "--home", str(home))
+    assert both.returncode == 2 and "not both" in both.stderr
+    neither = robustdx("promote", "--home", str(home))
+    assert neither.returncode == 2 and "give the bundle folder" in neither.stderr
+
     info = robustdx("info", str(bundle), "--json")
     assert info.returncode == 0, info.stderr
     assert '"recipe": "adv_supcon_ft"' in info.stdout
@@ -56,6 +67,8 @@ def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
     bad = robustdx("info", str(bundle))
     assert bad.returncode == 2
     assert "SHA-256" in bad.stderr and "model.safetensors" in bad.stderr
+    refused = robustdx("promote", str(bundle), "--home", str(home))
+    assert refused.returncode == 2 and "model.safetensors" in refused.stderr
 
 
 @pytest.mark.parametrize(

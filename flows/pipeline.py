@@ -1,0 +1,339 @@
+"""Prefect flows: train, sweep, evaluate, promote and the retrain loop that chains them.
+
+* ``train_flow`` — one recipe from a YAML preset (+ overrides) through :func:`run_recipe`;
+* ``sweep_flow`` — the Ray Tune sweep (:mod:`robustdx.flows.tune`) inside a task;
+* ``evaluate_flow`` — a bundle against the serving model on validation (clean, robust at the
+  serving ε, attribution), cached on (bundle hash, serving tag, settings): the scores are
+  deterministic given those;
+* ``promote_flow`` — :func:`robustdx.flows.promote.promote` (gates, store, pointer, audit), then
+  optionally asks the running service to reload;
+* ``rollback_flow`` — production back to the previous tag;
+* ``retrain_flow`` — sweep → train the best configuration in full → promote (which evaluates).
+
+Parameters are pydantic models, so the Prefect UI shows them as forms. Training retries on
+transient failures only (a bad config or missing data fails at once) and resumes from its last
+epoch checkpoint, so a retry does not start over. Every flow leaves Markdown/table artifacts (keys:
+lowercase and dashes) and, when ``$ROBUSTDX_PUSHGATEWAY`` is set, pushes its outcome for Grafana.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from robustdx.core import serving
+from robustdx.core.bundle import verify_bundle
+from robustdx.core.config import RunConfig, apply_overrides, load_config, parse_config
+from robustdx.core.errors import BundleError, ConfigError, DataError
+from robustdx.core.promotion import GateConfig
+from robustdx.core.report import markdown_table
+from robustdx.flows import metrics as flow_metrics
+from robustdx.flows import promote as promotion
+
+PERMANENT_ERRORS = (ConfigError, DataError, BundleError, ValueError, TypeError, KeyError, FileNotFoundError)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainParams(_Params):
+    """One training run."""
+
+    config: str = Field("configs/demo.yaml", description="RunConfig preset (YAML), relative to the working directory.")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides, e.g. pretrain.epochs=2.")
+
+
+class SweepParams(_Params):
+    """A Ray Tune sweep (runs on $RAY_ADDRESS when set, else a local Ray)."""
+
+    config: str = Field("configs/sweeps/demo.yaml", description="Sweep file (YAML).")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides of the sweep file.")
+    run_overrides: list[str] = Field(default_factory=list, description="key=value overrides of every trial's run config.")
+    num_samples: int | None = Field(None, ge=1, description="Trials; default: the sweep file's.")
+    name: str | None = Field(None, description="Experiment name; an existing one is resumed. Default: the file's.")
+
+
+class PromoteParams(_Params):
+    """Gated promotion of one bundle folder."""
+
+    bundle: str = Field(..., description="Bundle folder written by training (…/bundle).")
+    gates: GateConfig = Field(default_factory=GateConfig)
+    evaluation: promotion.EvaluationSettings = Field(default_factory=promotion.EvaluationSettings)
+    bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
+    service_url: str | None = Field(None, description="Running service to reload after a promotion (needs ROBUSTDX_ADMIN_TOKEN).")
+
+
+class RetrainParams(_Params):
+    """Sweep → train the best configuration in full → evaluate → promote."""
+
+    sweep: SweepParams = Field(default_factory=SweepParams)
+    train_overrides: list[str] = Field(
+        default_factory=list, description="Overrides for the full training of the best trial, e.g. finetune.epochs=20."
+    )
+    output_dir: str = Field("runs/retrain", description="Where the retrained run folders go.")
+    gates: GateConfig = Field(default_factory=GateConfig)
+    evaluation: promotion.EvaluationSettings = Field(default_factory=promotion.EvaluationSettings)
+    bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
+    service_url: str | None = Field(None, description="Running service to reload after a promotion.")
+    reason: str = Field("manual", description="Why this retrain runs (manual, schedule, drift alert); recorded.")
+
+
+def _transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry condition: not for errors that a retry cannot fix (bad config, missing data, tampered bundle)."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, PERMANENT_ERRORS)
+
+
+def _key(text: str) -> str:
+    """An artifact key: lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:100] or "run"
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+@contextmanager
+def _pushed(flow_name: str, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Push the flow's outcome (and whatever the body put in ``extra``) to the Pushgateway at the end."""
+    t0, outcome = time.perf_counter(), "failed"
+    try:
+        yield extra
+        outcome = "completed"
+    finally:
+        flow_metrics.push_metrics(flow_name, outcome, time.perf_counter() - t0, **extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# tasks
+# ------------------------------------------------------------------------------------------------
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def train_task(cfg: RunConfig) -> dict[str, Any]:
+    """Train (or resume) ``cfg``; returns where the bundle and report are and the test metrics."""
+    from robustdx.core.recipes import run_recipe
+
+    logger = get_run_logger()
+    result = run_recipe(cfg.model_copy(update={"progress": False}), log=logger.info)
+    report = result.report.read_text()
+    create_markdown_artifact(report, key=_key(f"train-{cfg.name}"), description=f"Training report of {cfg.run_dir}")
+    return {"run_dir": str(result.run_dir), "bundle": str(result.bundle), "report": str(result.report), "metrics": result.metrics}
+
+
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def sweep_task(params: SweepParams) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns the best configuration and the trial table."""
+    from robustdx.flows import tune
+
+    cfg, _base = tune.load_sweep(params.config, params.overrides, params.run_overrides)
+    update: dict[str, Any] = {}
+    if params.num_samples is not None:
+        update["num_samples"] = params.num_samples
+    if params.name is not None:
+        update["name"] = params.name
+    cfg = cfg.model_copy(update=update)
+    result = tune.run_sweep(cfg, resume=True, log=get_run_logger().info)
+    rows = [{k: v for k, v in row.items() if not isinstance(v, dict | list)} for row in result.rows]
+    create_table_artifact(rows, key=_key(f"sweep-{cfg.name}"), description=f"Trials of sweep {cfg.name}")
+    create_markdown_artifact(
+        f"# Sweep {cfg.name}\n\nbest score **{result.best_score:.4f}** ({cfg.objective}) with "
+        f"`{json.dumps(result.best_params)}`\n\n{result.total_trial_epochs} trial-epochs in {result.wall_seconds:.0f} s; "
+        f"results in `{result.results_dir}`\n",
+        key=_key(f"sweep-{cfg.name}-best"),
+    )
+    return {
+        "best_config": result.best_config.model_dump(mode="json"),
+        "best_params": result.best_params,
+        "best_score": result.best_score,
+        "path": str(result.results_dir),
+        "total_trial_epochs": result.total_trial_epochs,
+    }
+
+
+def _evaluation_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key: the bundle's weights hash, the serving tag and the settings — all the scores depend on."""
+    home = parameters.get("home")
+    pointer = serving.read_production(home)
+    manifest = verify_bundle(parameters["bundle"])
+    settings: promotion.EvaluationSettings = parameters["settings"]
+    parts = [manifest["files"]["model.safetensors"]["sha256"], pointer.tag if pointer else "-", settings.model_dump_json()]
+    return "evaluate-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@task(cache_key_fn=_evaluation_key, cache_expiration=timedelta(days=7), persist_result=True)
+def evaluate_task(bundle: str, home: str | None, settings: promotion.EvaluationSettings) -> dict[str, Any]:
+    ev = promotion.evaluate_against_production(bundle, home, settings)
+    return {"candidate": ev.candidate, "production": ev.production, "production_tag": ev.production_tag, "eps": ev.eps}
+
+
+@task(cache_policy=NO_CACHE)
+def promote_task(params: PromoteParams) -> dict[str, Any]:
+    result = promotion.promote(params.bundle, params.gates, params.evaluation, params.bentoml_home)
+    return result.to_json()
+
+
+# ------------------------------------------------------------------------------------------------
+# artifacts
+# ------------------------------------------------------------------------------------------------
+def _score_rows(candidate: dict[str, Any], production: dict[str, Any] | None) -> list[dict[str, Any]]:
+    keys = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust")
+    return [{"metric": k, "candidate": candidate.get(k), "serving": (production or {}).get(k)} for k in keys]
+
+
+def _decision_markdown(outcome: dict[str, Any]) -> str:
+    verdict = "PROMOTED" if outcome["promoted"] else "REJECTED"
+    lines = [
+        f"# Promotion: {verdict}",
+        "",
+        f"- candidate bundle: `{outcome.get('bundle', '')}`",
+        f"- serving before: `{outcome.get('production_tag') or 'none'}`; "
+        f"after: `{outcome.get('tag') or outcome.get('production_tag') or 'none'}`",
+        f"- scored on validation at the serving ε = {outcome['eps'] * 255:.1f}/255",
+        "",
+        "## Gates",
+        "",
+        markdown_table(
+            [
+                {
+                    "gate": c["name"],
+                    "candidate": c["candidate"],
+                    "serving": c["production"],
+                    "threshold": c["threshold"],
+                    "passed": "yes" if c["passed"] else "**no**",
+                }
+                for c in outcome["checks"]
+            ],
+            ["gate", "candidate", "serving", "threshold", "passed"],
+        ),
+        "",
+        "## Scores",
+        "",
+        markdown_table(_score_rows(outcome["candidate"], outcome["production"]), ["metric", "candidate", "serving"]),
+        "",
+        f"Why: {outcome['summary']}",
+    ]
+    return "\n".join(lines)
+
+
+def _scores_for_push(outcome: dict[str, Any]) -> dict[str, Any]:
+    pick = ("clean_acc", "robust_acc", "attribution")
+
+    def clean(d: dict[str, Any] | None) -> dict[str, float]:
+        return {k: float(d[k]) for k in pick if d and d.get(k) is not None}
+
+    return {"candidate": clean(outcome["candidate"]), "production": clean(outcome["production"])}
+
+
+# ------------------------------------------------------------------------------------------------
+# flows
+# ------------------------------------------------------------------------------------------------
+@flow(name="train", log_prints=True)
+def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 - pydantic defaults are immutable here
+    """Train one recipe from a preset; leaves the report as an artifact."""
+    with _pushed("train", {}):
+        return train_task(load_config(params.config, params.overrides))
+
+
+@flow(name="sweep", log_prints=True)
+def sweep_flow(params: SweepParams = SweepParams()) -> dict[str, Any]:  # noqa: B008
+    """Ray Tune sweep over ε, PGD steps and learning rate; leaves the trial table as an artifact."""
+    with _pushed("sweep", {}):
+        return sweep_task(params)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(
+    bundle: str,
+    settings: promotion.EvaluationSettings = promotion.EvaluationSettings(),  # noqa: B008
+    bentoml_home: str | None = None,
+) -> dict[str, Any]:
+    """Score a bundle and the serving model on validation, side by side."""
+    with _pushed("evaluate", {}):
+        out = evaluate_task(bundle, bentoml_home, settings)
+        create_table_artifact(
+            _score_rows(out["candidate"], out["production"]),
+            key="evaluation",
+            description=f"{bundle} vs serving {out['production_tag'] or '(none)'} at eps {out['eps']:.5f}",
+        )
+        return out
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(params: PromoteParams) -> dict[str, Any]:
+    """Promote a bundle if it passes the clean, robust and attribution gates; the decision and why
+    are recorded as an artifact and in the audit log."""
+    logger = get_run_logger()
+    with _pushed("promote", {}) as extra:
+        outcome = {**promote_task(params), "bundle": params.bundle}
+        extra.update(decision="promoted" if outcome["promoted"] else "rejected", **_scores_for_push(outcome))
+        create_markdown_artifact(_decision_markdown(outcome), key="promotion-decision", description=outcome["summary"])
+        logger.info(outcome["summary"])
+        if outcome["promoted"] and params.service_url:
+            outcome["reload"] = promotion.reload_service(params.service_url)
+            logger.info("service at %s now serves %s", params.service_url, outcome["reload"].get("tag"))
+        return outcome
+
+
+@flow(name="rollback", log_prints=True)
+def rollback_flow(bentoml_home: str | None = None, service_url: str | None = None) -> dict[str, Any]:
+    """Point production back at the previous model (and reload the service when given)."""
+    with _pushed("rollback", {"decision": "rolled_back"}):
+        pointer = promotion.rollback(bentoml_home)
+        out: dict[str, Any] = {"tag": pointer.tag, "previous": pointer.previous}
+        if service_url:
+            out["reload"] = promotion.reload_service(service_url)
+        create_markdown_artifact(f"# Rollback\n\nserving `{pointer.tag}` again (was `{pointer.previous}`)", key="rollback")
+        return out
+
+
+def best_run_config(best: dict[str, Any], overrides: list[str], output_dir: str, name: str) -> RunConfig:
+    """The sweep's best configuration, renamed into ``output_dir`` with the full-training overrides."""
+    raw = apply_overrides({**best, "output_dir": output_dir, "name": name, "progress": False}, overrides)
+    return parse_config(raw)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa: B008
+    """Sweep → train the best configuration in full → evaluate and promote (gated)."""
+    logger = get_run_logger()
+    stamp = _stamp()
+    logger.info("retrain %s (reason: %s)", stamp, params.reason)
+    with _pushed("retrain", {}):
+        sweep_params = params.sweep.model_copy(update={"name": params.sweep.name or f"retrain-{stamp}"})
+        sweep = sweep_flow(sweep_params)
+        cfg = best_run_config(sweep["best_config"], params.train_overrides, params.output_dir, f"retrain-{stamp}")
+        best, score = sweep["best_params"], sweep["best_score"]
+        logger.info("best trial %s (score %.4f); training it in full as %s", best, score, cfg.run_dir)
+        trained = train_task(cfg)
+        outcome = promote_flow(
+            PromoteParams(
+                bundle=trained["bundle"],
+                gates=params.gates,
+                evaluation=params.evaluation,
+                bentoml_home=params.bentoml_home,
+                service_url=params.service_url,
+            )
+        )
+        return {"reason": params.reason, "sweep": sweep, "train": trained, "promotion": outcome}
+
+
+FLOWS: dict[str, Callable[..., Any]] = {
+    "train": train_flow,
+    "sweep": sweep_flow,
+    "evaluate": evaluate_flow,
+    "promote": promote_flow,
+    "rollback": rollback_flow,
+    "retrain": retrain_flow,
+}

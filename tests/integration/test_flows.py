@@ -1,0 +1,99 @@
+"""``retrain_flow`` end to end against a real Prefect server (test harness) and a real local Ray:
+a two-trial sweep → the best configuration trained (adversarial SupCon + fine-tuning) → evaluated and
+promoted into a temporary BentoML store; every step leaves its artifact. A second retrain of the same
+configuration matches the serving model and is promoted again (ties pass), and a gate that
+cannot be met rejects it with the reason recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustdx.core import serving
+from robustdx.core.modelstore import list_models
+from robustdx.core.promotion import GateConfig
+from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+from robustdx.flows.promote import EvaluationSettings
+from tests.conftest import learnable_raw
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def sweep_file(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("retrain_sweep")
+    base = folder / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(learnable_raw(learnable_root, folder / "runs", name="base", pretrain__epochs=2, finetune__epochs=2))
+    )
+    sweep = {
+        "name": "retrain-test",
+        "base": str(base),
+        "space": {"eps": ["2/255", "4/255"], "lr": {"choices": [0.003]}},
+        "num_samples": 2,
+        "search": "random",
+        "scheduler": "fifo",
+        "val_robust_n": 16,
+        "num_cpus": 2,
+        "storage_path": str(folder / "sweeps"),
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+async def _artifact_keys() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return {a.key for a in await client.read_latest_artifacts()}
+
+
+async def _flow_runs() -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        flows = {f.id: f.name for f in await client.read_flows()}
+        return {f"{flows[r.flow_id]}:{r.name}": r.state.type.value for r in runs}
+
+
+def test_retrain_flow_sweeps_trains_and_promotes(sweep_file: Path, tmp_path: Path, prefect_server: str) -> None:
+    home = tmp_path / "bentoml"
+    params = RetrainParams(
+        sweep=SweepParams(config=str(sweep_file), name="rt"),  # later retrains resume (reuse) this finished sweep
+        output_dir=str(tmp_path / "retrain"),
+        bentoml_home=str(home),
+        evaluation=EvaluationSettings(n_robust=32, n_attr=4),
+        reason="test",
+    )
+    out = retrain_flow(params)
+    sweep, trained, promotion = out["sweep"], out["train"], out["promotion"]
+    assert Path(sweep["path"], "trials.csv").is_file() and Path(sweep["path"], "score_vs_params.png").is_file()
+    assert sweep["best_params"]["eps"] in (2 / 255, 4 / 255)
+    assert Path(trained["bundle"], "manifest.json").is_file() and Path(trained["report"]).is_file()
+    assert promotion["promoted"], promotion["summary"]
+    assert serving.read_production(home).tag == promotion["tag"]
+    assert promotion["production"] is None  # first model: only the floors applied
+
+    keys = asyncio.run(_artifact_keys())
+    assert {"promotion-decision", "sweep-rt", "sweep-rt-best"} <= keys, keys
+    assert any(k.startswith("train-retrain-") for k in keys), keys
+    states = asyncio.run(_flow_runs())
+    assert {name.split(":")[0] for name in states} >= {"retrain", "sweep", "promote"}
+    assert all(state == "COMPLETED" for state in states.values()), states
+
+    # the same sweep (finished: resumed, no trial reruns) and the same full training again: a tie passes
+    again = retrain_flow(params)
+    assert again["promotion"]["promoted"], again["promotion"]["summary"]
+    assert again["promotion"]["production_tag"] == promotion["tag"]
+
+    # a floor no model meets: rejected, production unchanged, reason recorded
+    strict = params.model_copy(update={"gates": GateConfig(min_robust_acc=1.0)})
+    rejected = retrain_flow(strict)["promotion"]
+    assert not rejected["promoted"] and "robust_acc" in rejected["summary"] and "floor 1" in rejected["summary"]
+    assert serving.read_production(home).tag == again["promotion"]["tag"]
+    assert len(list_models(home)) == 2
