@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration bench lint clean help
+.PHONY: venv demo test test-unit test-integration bench bench-asha lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
@@ -33,6 +33,9 @@ test-unit: venv  ## fast unit tests only
 
 bench: venv  ## training-step throughput benchmark (writes benchmarks/results/train_throughput.json)
 	$(PY) benchmarks/train_throughput.py
+
+bench-asha: venv  ## ASHA vs every trial to the end on the demo sweep (writes benchmarks/results/asha_vs_full.json; ~5 min)
+	$(PY) benchmarks/asha_vs_full.py
 
 lint: venv  ## ruff
 	$(VENV)/bin/ruff check core flows service tests benchmarks
