@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration bench bench-asha lint clean help
+.PHONY: venv demo test test-unit test-integration test-deploy bench bench-asha lint images stack clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
@@ -25,7 +25,7 @@ demo: venv  ## synthetic data -> Ray Tune sweep -> train the best adv-SupCon -> 
 	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --out runs/demo/serve
 
 test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected without a GPU)
-	$(VENV)/bin/ruff check core flows service tests benchmarks
+	$(VENV)/bin/ruff check core flows service tests benchmarks deploy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv  ## fast unit tests only
@@ -37,8 +37,18 @@ bench: venv  ## training-step throughput benchmark (writes benchmarks/results/tr
 bench-asha: venv  ## ASHA vs every trial to the end on the demo sweep (writes benchmarks/results/asha_vs_full.json; ~5 min)
 	$(PY) benchmarks/asha_vs_full.py
 
-lint: venv  ## ruff
-	$(VENV)/bin/ruff check core flows service tests benchmarks
+lint: venv  ## ruff + hadolint
+	$(VENV)/bin/ruff check core flows service tests benchmarks deploy
+	$(VENV)/bin/hadolint Dockerfile
+
+test-deploy: venv  ## Prometheus rules, Alertmanager, dashboards, compose, Dockerfile, alert -> Prefect event (~1 min)
+	$(PY) -m pytest tests/deploy tests/unit/flows/test_alerts.py tests/integration/test_alert_to_event.py $(PYTEST_ARGS)
+
+images:  ## build both images (needs Docker)
+	docker build --target serve -t robustdx-serve:local . && docker build --target train -t robustdx-train:local .
+
+stack:  ## start the compose stack (needs Docker)
+	docker compose -f deploy/compose.yaml up -d --build
 
 clean:  ## remove runs and synthetic data (keeps the venv)
 	rm -rf runs data/synthetic .pytest_cache

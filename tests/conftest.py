@@ -12,6 +12,10 @@ import torch
 from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data.synthetic import write_busi, write_camelyon17
 
+# Fixtures of the monitoring stack (Prometheus, Alertmanager, Pushgateway, a served model, the alert
+# receiver), used by tests/deploy and by the alert -> retrain end-to-end test.
+pytest_plugins = ["tests.deploy.stack"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from robustdx.core.config import parse_config
-from robustdx.core.data.synthetic import apply_stain, histology_patch, hospital_stain
 from robustdx.core.recipes import run_recipe
 from robustdx.core.serving import METRICS, PointerError, pointer_path, read_production, resolve_tag, write_production
 from tests.conftest import tiny_raw
+from tests.deploy.stack import stain_patch
 from tests.integration.service_harness import Server, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "test-token-5f1e"
 MAX_PIXELS = 256 * 256
 MAX_BYTES = 300_000
-SHIFT_TINT, SHIFT_BRIGHTNESS = np.array([1.45, 0.6, 1.35]), 0.12
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,11 +82,8 @@ def client(server: Server):
         yield c
 
 
-def patch_png(seed: int, center: int = 0, shifted: bool = False, size: int = 48) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = histology_patch(rng, bool(seed % 2), size)
-    tint, bright = (SHIFT_TINT, SHIFT_BRIGHTNESS) if shifted else hospital_stain(center)
-    return png_bytes((apply_stain(img, tint, bright) * 255).round().astype(np.uint8))
+def patch_png(seed: int, center: int = 0, shifted: bool = False) -> bytes:
+    return stain_patch(seed, shifted, center)
 
 
 def predict(client: httpx.Client, *images: bytes) -> httpx.Response:

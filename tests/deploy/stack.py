@@ -1,0 +1,726 @@
+"""The monitoring stack, run for real on 127.0.0.1 by the tests: a pytest plugin plus its helpers.
+
+Everything here starts *real* processes: ``prometheus``, ``prometheus-alertmanager`` and
+``prometheus-pushgateway`` (Debian packages), and the BentoML service and the Alertmanager webhook
+receiver through the same ``deploy/bin/*.sh`` scripts the containers run. Each gets a free port, its
+own process group and a temporary data directory, and the fixture's finaliser stops the whole group.
+
+Why a plugin module and not a conftest: the deploy tests (``tests/deploy``) and the end-to-end alert
+test (``tests/integration``) share these fixtures, and pytest shares a conftest's fixtures only with
+the tests below it. ``tests/deploy/conftest.py`` registers this module for the deploy tests; a module
+elsewhere opts in with ``pytest_plugins = ["tests.deploy.stack"]``. Registered once, each session
+fixture (the trained model, the service, the receiver) exists once per test session. The Prefect
+server is the root conftest's ``prefect_server``.
+
+Fixtures: ``monitoring_tools`` (session), ``model_home``, ``service``, ``pushgateway``,
+``alert_receiver`` (session) and ``alert_pipeline`` (module: service -> Prometheus -> Alertmanager ->
+receiver -> Prefect). Helpers worth knowing:
+
+* :func:`ensure_tools`: finds the Prometheus binaries, installing the Debian packages when they are
+  missing and we are root; fails with the command to run otherwise (never a silent skip).
+* :class:`Proc` / :func:`start_on_free_port`: a process on a free port, ready-checked over HTTP.
+* :func:`local_prometheus_config` / :func:`local_alertmanager_config`: the shipped configurations
+  pointed at the local processes with 1 s intervals; job names, ``honor_labels``, routes and matchers
+  are kept, so what the alert rules select on is tested as shipped.
+* :class:`Prom`: a tiny PromQL client with ``wait_for``.
+* :func:`stain_stream` / :func:`feed` / :func:`trickle`: clean or stain-shifted patches sent to the service.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from robustdx.service.local import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+BIN = DEPLOY / "bin"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+RULES_DIR = PROMETHEUS_DIR / "rules"
+ALERTMANAGER_YML = DEPLOY / "alertmanager" / "alertmanager.yml"
+VENV_BIN = Path(sys.executable).parent
+
+# job names of deploy/prometheus/prometheus.yml that the tests run locally (the rest — Ray, Prefect,
+# Grafana — are dropped from the local config; test_compose checks they exist in the shipped one)
+SERVICE_JOB = "robustdx-service"
+PUSHGATEWAY_JOB = "pushgateway"
+
+# ------------------------------------------------------------------------------------------------
+# system tools (Debian 12 packages)
+# ------------------------------------------------------------------------------------------------
+APT_PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-pushgateway")
+INSTALL_COMMAND = ("apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES)
+TOOL_BINARIES = ("prometheus", "promtool", "prometheus-alertmanager", "prometheus-pushgateway")
+
+
+class ToolsUnavailable(RuntimeError):
+    """The Prometheus binaries are missing and cannot be installed from here."""
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Paths of the monitoring binaries (``amtool`` ships with the Alertmanager package when present)."""
+
+    prometheus: Path
+    promtool: Path
+    alertmanager: Path
+    pushgateway: Path
+    amtool: Path | None
+
+
+def _which(name: str) -> Path | None:
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def find_tools() -> Tools | None:
+    """The installed tools, or None when any required one is missing."""
+    paths = {name: _which(name) for name in TOOL_BINARIES}
+    if any(p is None for p in paths.values()):
+        return None
+    return Tools(
+        prometheus=paths["prometheus"],  # type: ignore[arg-type]
+        promtool=paths["promtool"],  # type: ignore[arg-type]
+        alertmanager=paths["prometheus-alertmanager"],  # type: ignore[arg-type]
+        pushgateway=paths["prometheus-pushgateway"],  # type: ignore[arg-type]
+        amtool=_which("amtool"),
+    )
+
+
+def ensure_tools(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Tools:
+    """The monitoring binaries, installed with apt-get first when missing.
+
+    Why install from a test: CI machines are fresh Debian 12 images where the suite runs as root, and
+    these checks are worthless if they skip silently. ``apt-get update`` is run only when the first
+    install fails (a stale or empty package index), which keeps the common case fast. The packages'
+    maintainer scripts do not start daemons here (no systemd); the tests start the binaries themselves.
+
+    Raises:
+        ToolsUnavailable: not root, or apt-get failed; the message names the command to run.
+    """
+    tools = find_tools()
+    if tools is not None:
+        return tools
+    missing = [name for name in TOOL_BINARIES if _which(name) is None]
+    command = " ".join(INSTALL_COMMAND)
+    if os.geteuid() != 0:
+        raise ToolsUnavailable(
+            f"missing {', '.join(missing)}; the deploy tests need the real binaries. "
+            f"Install them with: sudo apt-get update && sudo {command}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = run(list(INSTALL_COMMAND), env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        update = run(["apt-get", "update"], env=env, capture_output=True, text=True, check=False)
+        done = run(list(INSTALL_COMMAND), env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ToolsUnavailable(
+                f"`{command}` failed (exit {done.returncode}) after `apt-get update` (exit {update.returncode}):\n"
+                f"{(update.stderr or '')[-1500:]}\n{(done.stdout or '')[-1500:]}\n{(done.stderr or '')[-1500:]}"
+            )
+    tools = find_tools()
+    if tools is None:
+        still = [name for name in TOOL_BINARIES if _which(name) is None]
+        raise ToolsUnavailable(f"`{command}` succeeded but {', '.join(still)} is still not on PATH ({os.environ.get('PATH')})")
+    return tools
+
+
+# ------------------------------------------------------------------------------------------------
+# processes
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Proc:
+    """One process in its own session (so the whole group can be stopped), logging to a file.
+
+    ``ready`` is an HTTP path polled on ``url`` until it answers 2xx; the log's tail is attached to
+    every failure so a broken start says why.
+    """
+
+    name: str
+    cmd: Sequence[str]
+    log: Path
+    port: int
+    ready: str = "/"
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
+    timeout: float = 60.0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Proc:
+        # the venv's bin first on PATH: the deploy/bin scripts call python / bentoml / prefect by name,
+        # exactly as in the container where the image's venv is on PATH
+        env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **self.env}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                list(self.cmd), cwd=self.cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise RuntimeError(f"{self.name} exited with {code} before it was ready:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + self.ready, timeout=2).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready on {self.url}{self.ready} after {self.timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group, SIGKILL after 15 s; idempotent."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        finally:
+            try:  # stragglers that ignored SIGTERM after their leader exited
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc = None
+
+    def __enter__(self) -> Proc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_on_free_port(
+    name: str,
+    cmd: Callable[[int], Sequence[str]],
+    log: Path,
+    ready: str = "/",
+    env: Callable[[int], Mapping[str, str]] | None = None,
+    timeout: float = 60.0,
+    attempts: int = 3,
+) -> Proc:
+    """Start ``cmd(port)`` on a free 127.0.0.1 port; retried on a new port when another process took
+    the port between choosing it and binding it (the race every free-port helper has)."""
+    for attempt in range(attempts):
+        port = free_port()
+        proc = Proc(name, cmd(port), log, port, ready=ready, env=env(port) if env else {}, timeout=timeout)
+        try:
+            return proc.start()
+        except RuntimeError:
+            if attempt + 1 < attempts and re.search(r"address already in use", proc.tail(), re.IGNORECASE):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------
+# Prometheus, Alertmanager, Pushgateway
+# ------------------------------------------------------------------------------------------------
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def local_prometheus_config(
+    targets: Mapping[str, str],
+    rule_files: Sequence[Path],
+    alertmanager: str | None = None,
+    interval: str = "1s",
+) -> dict[str, Any]:
+    """The shipped ``prometheus.yml`` rewritten for the local processes.
+
+    ``targets`` maps a shipped job name to a ``host:port``; jobs not named there are dropped (their
+    components do not run in tests). Scrape and evaluation intervals become ``interval`` so rules and
+    ``rate()`` windows fill in seconds.
+    """
+    shipped = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
+    unknown = set(targets) - set(jobs)
+    if unknown:
+        raise KeyError(f"no scrape job {sorted(unknown)} in deploy/prometheus/prometheus.yml (has {sorted(jobs)})")
+    config = copy.deepcopy(shipped)
+    config["global"] = {**shipped.get("global", {}), "scrape_interval": interval, "evaluation_interval": interval}
+    config["rule_files"] = [str(p) for p in rule_files]
+    scrape = []
+    for name, target in targets.items():
+        job = copy.deepcopy(jobs[name])
+        job["scrape_interval"] = interval
+        job.pop("scrape_timeout", None)
+        labels = job["static_configs"][0].get("labels", {}) if job.get("static_configs") else {}
+        job["static_configs"] = [{"targets": [target], **({"labels": labels} if labels else {})}]
+        scrape.append(job)
+    config["scrape_configs"] = scrape
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    else:
+        config.pop("alerting", None)
+    return config
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
+    """A real Prometheus with ``config`` and a temporary TSDB under ``workdir``."""
+    cfg = write_yaml(workdir / "prometheus.yml", config)
+    return start_on_free_port(
+        "prometheus",
+        lambda port: [
+            str(tools.prometheus),
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        workdir / "prometheus.log",
+        ready="/-/ready",
+    )
+
+
+def start_pushgateway(tools: Tools, workdir: Path) -> Proc:
+    return start_on_free_port(
+        "pushgateway",
+        lambda port: [str(tools.pushgateway), f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        workdir / "pushgateway.log",
+        ready="/-/ready",
+    )
+
+
+def start_alertmanager(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
+    """A real Alertmanager; clustering is switched off (``--cluster.listen-address=``) so it neither
+    binds the default gossip port 9094 nor waits for peers before sending notifications."""
+    cfg = write_yaml(workdir / "alertmanager.yml", config)
+    return start_on_free_port(
+        "alertmanager",
+        lambda port: [
+            str(tools.alertmanager),
+            f"--config.file={cfg}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        workdir / "alertmanager.log",
+        ready="/-/ready",
+    )
+
+
+def local_alertmanager_config(webhook_url: str, wait: str = "1s") -> dict[str, Any]:
+    """The shipped ``alertmanager.yml`` with its webhook pointed at ``webhook_url`` and every
+    ``group_wait`` / ``group_interval`` shortened to ``wait``; routes, matchers and receivers stay as
+    shipped, so the test exercises the real routing of ``retrain="true"`` alerts."""
+    config = copy.deepcopy(load_yaml(ALERTMANAGER_YML))
+    hooks = [hook for receiver in config["receivers"] for hook in receiver.get("webhook_configs", [])]
+    if len(hooks) != 1:
+        raise ValueError(f"expected one webhook receiver in {ALERTMANAGER_YML}, found {len(hooks)}")
+    hooks[0]["url"] = webhook_url
+
+    def shorten(route: dict[str, Any]) -> None:
+        for key in ("group_wait", "group_interval"):
+            if key in route:
+                route[key] = wait
+        for child in route.get("routes", []):
+            shorten(child)
+
+    shorten(config["route"])
+    return config
+
+
+def host_port(proc: Proc) -> str:
+    return f"127.0.0.1:{proc.port}"
+
+
+class PromQueryError(RuntimeError):
+    """Prometheus rejected a query (bad PromQL, unknown function, ...)."""
+
+
+@dataclass(frozen=True)
+class Prom:
+    """A minimal client of the Prometheus HTTP API."""
+
+    url: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; the result vector (or ``[scalar]``). Raises on a PromQL error."""
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = r.json()
+        if body.get("status") != "success":
+            raise PromQueryError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
+
+    def values(self, expr: str) -> list[float]:
+        return [float(s["value"][1]) for s in self.query(expr)]
+
+    def wait_for(self, expr: str, ok: Callable[[list[float]], bool] = bool, timeout: float = 60.0) -> list[float]:
+        """Poll ``expr`` until ``ok(values)``; the last values are in the timeout message."""
+        deadline, last = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            last = self.values(expr)
+            if ok(last):
+                return last
+            time.sleep(0.5)
+        raise TimeoutError(f"{expr!r} never satisfied the condition in {timeout:.0f} s; last values: {last}")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+
+    def targets_up(self) -> dict[str, str]:
+        active = httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return {t["labels"]["job"]: t["health"] for t in active}
+
+
+# ------------------------------------------------------------------------------------------------
+# traffic: clean and stain-shifted patches (the drift the monitoring must see)
+# ------------------------------------------------------------------------------------------------
+# a stain no training hospital has: strong magenta tint and a brighter slide
+SHIFT_TINT, SHIFT_BRIGHTNESS = np.array([1.45, 0.6, 1.35]), 0.12
+
+
+def stain_patch(seed: int, shifted: bool, center: int = 0, size: int = 48) -> bytes:
+    """A PNG patch from the synthetic generator, stained like ``center`` or with the foreign stain."""
+    from robustdx.core.data.synthetic import apply_stain, histology_patch, hospital_stain
+    from tests.integration.service_harness import png_bytes
+
+    img = histology_patch(np.random.default_rng(seed), bool(seed % 2), size)
+    tint, bright = (SHIFT_TINT, SHIFT_BRIGHTNESS) if shifted else hospital_stain(center)
+    return png_bytes((apply_stain(img, tint, bright) * 255).round().astype(np.uint8))
+
+
+def stain_stream(n: int, shifted: bool, start: int = 0) -> Iterator[bytes]:
+    """``n`` patches, cycling over the training hospitals (0, 3, 4) when not shifted."""
+    for i in range(start, start + n):
+        yield stain_patch(i, shifted, center=(0, 3, 4)[i % 3])
+
+
+def feed(url: str, images: Iterator[bytes], per_request: int = 4) -> int:
+    """POST the images to ``/predict`` a few at a time; returns how many were answered 200."""
+    ok, batch = 0, []
+    with httpx.Client(base_url=url, timeout=60) as client:
+
+        def send() -> int:
+            files = [("images", (f"p{i}.png", b, "image/png")) for i, b in enumerate(batch)]
+            r = client.post("/predict", files=files)
+            assert r.status_code == 200, r.text[:300]
+            return len(batch)
+
+        for img in images:
+            batch.append(img)
+            if len(batch) == per_request:
+                ok += send()
+                batch = []
+        if batch:
+            ok += send()
+    return ok
+
+
+def wait_monitor_idle(url: str, drift_runs_before: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the service's background monitor has processed every queued sample and computed
+    drift again since ``drift_runs_before`` (``GET /model`` exposes its state)."""
+    deadline, mon = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        mon = httpx.get(f"{url}/model", timeout=10).json()["monitor"]
+        if mon["idle"] and mon["drift_runs"] > drift_runs_before:
+            return mon
+        time.sleep(0.3)
+    raise TimeoutError(f"the service's monitor did not settle in {timeout:.0f} s: {mon}")
+
+
+def drift_runs(url: str) -> int:
+    return int(httpx.get(f"{url}/model", timeout=10).json()["monitor"]["drift_runs"])
+
+
+def send_and_settle(url: str, n: int, shifted: bool, start: int) -> None:
+    """Send ``n`` patches and wait until drift was recomputed on them."""
+    before = drift_runs(url)
+    assert feed(url, stain_stream(n, shifted, start)) == n
+    wait_monitor_idle(url, before)
+
+
+@contextmanager
+def trickle(url: str, period: float = 0.5, explain_every: int = 6) -> Iterator[None]:
+    """Keep a little traffic flowing in a background thread (one /predict every ``period`` s, and an
+    /explain every ``explain_every`` requests) so every ``rate()`` window a query looks at has samples."""
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def run() -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            i = 0
+            while not stop.is_set():
+                png = stain_patch(10_000 + i, shifted=bool(i % 2))
+                if i % explain_every == 0:
+                    r = client.post("/explain", files={"image": ("x.png", png, "image/png")}, data={"map_size": "4"})
+                else:
+                    r = client.post("/predict", files=[("images", ("x.png", png, "image/png"))])
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                i += 1
+                stop.wait(period)
+
+    thread = threading.Thread(target=run, name="trickle", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors[:3]
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------------
+# the service's monitoring settings for tests: a drift check every 8 samples over a window of 32,
+# every image probed by the PGD robustness check, one CPU
+SERVICE_ENV = {
+    "ROBUSTDX_DRIFT_WINDOW": "32",
+    "ROBUSTDX_DRIFT_EVERY": "8",
+    "ROBUSTDX_ROBUST_SAMPLE_RATE": "1.0",
+    "ROBUSTDX_CPU": "1",
+    "BENTOML_DO_NOT_TRACK": "True",
+}
+
+
+@pytest.fixture(scope="session")
+def monitoring_tools() -> Tools:
+    """prometheus, promtool, alertmanager and pushgateway binaries (installed when missing, as root)."""
+    try:
+        return ensure_tools()
+    except ToolsUnavailable as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def model_home(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BentoML home with one tiny trained model promoted to production."""
+    from robustdx.core.config import parse_config
+    from robustdx.core.modelstore import save_bundle_to_store
+    from robustdx.core.recipes import run_recipe
+    from robustdx.core.serving import write_production
+    from tests.conftest import tiny_raw
+
+    home = tmp_path_factory.mktemp("stack_bentoml_home")
+    runs = tmp_path_factory.mktemp("stack_runs")
+    result = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="stack", seed=0)))
+    write_production(home, save_bundle_to_store(result.bundle, home))
+    return home
+
+
+def serve_command(port: int) -> list[str]:
+    """The container's start command (deploy/bin/serve.sh), bound to 127.0.0.1:``port``."""
+    return [str(BIN / "serve.sh")]
+
+
+@pytest.fixture(scope="session")
+def service(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """``deploy/bin/serve.sh`` — the serve image's CMD — serving the tiny model on 127.0.0.1."""
+    log = tmp_path_factory.mktemp("stack_service") / "serve.log"
+    proc = start_on_free_port(
+        "bentoml serve",
+        serve_command,
+        log,
+        ready="/readyz",
+        env=lambda port: {
+            **SERVICE_ENV,
+            "BENTOML_HOME": str(model_home),
+            "ROBUSTDX_SERVE_HOST": "127.0.0.1",
+            "ROBUSTDX_SERVE_PORT": str(port),
+        },
+        timeout=180,
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def pushgateway(monitoring_tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = start_pushgateway(monitoring_tools, tmp_path_factory.mktemp("pushgateway"))
+    yield proc
+    proc.stop()
+
+
+def start_receiver(api_url: str, workdir: Path) -> Proc:
+    """``deploy/bin/alert-receiver.sh`` (the compose service's command) forwarding to ``api_url``."""
+    return start_on_free_port(
+        "alert receiver",
+        lambda port: [str(BIN / "alert-receiver.sh")],
+        workdir / "receiver.log",
+        ready="/healthz",
+        env=lambda port: {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(workdir / "prefect_home"),
+            "ROBUSTDX_ALERTS_HOST": "127.0.0.1",
+            "ROBUSTDX_ALERTS_PORT": str(port),
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def alert_receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """The Alertmanager webhook receiver as a real process, emitting to the session's Prefect server."""
+    proc = start_receiver(prefect_server, tmp_path_factory.mktemp("receiver"))
+    yield proc
+    proc.stop()
+
+
+def seed_pushgateway(url: str) -> None:
+    """Push what a retrain cycle pushes (flows/metrics.py): every flow's last run, a promotion decision
+    and the candidate's and production model's scores."""
+    from robustdx.flows.metrics import push_metrics
+
+    scores = {"clean_acc": 0.86, "robust_acc": 0.61, "attribution": 0.42}
+    assert push_metrics("sweep", "completed", 95.0, url=url)
+    assert push_metrics("train", "completed", 240.0, url=url)
+    assert push_metrics("train", "failed", 12.0, url=url)
+    assert push_metrics(
+        "promote",
+        "completed",
+        30.0,
+        decision="promoted",
+        candidate=scores,
+        production={k: v - 0.03 for k, v in scores.items()},
+        url=url,
+    )
+    assert push_metrics("retrain", "completed", 400.0, url=url)
+
+
+@contextmanager
+def live_prometheus(
+    tools: Tools, workdir: Path, targets: Mapping[str, str], rule_files: Sequence[Path], alertmanager: str | None = None
+) -> Iterator[Prom]:
+    """A real Prometheus scraping ``targets`` (shipped job name -> host:port) every second with
+    ``rule_files``; waits until every target is up, stops it on exit."""
+    proc = start_prometheus(tools, local_prometheus_config(targets, rule_files, alertmanager), workdir)
+    try:
+        prom = Prom(proc.url)
+        deadline = time.monotonic() + 30
+        while (health := prom.targets_up()) != dict.fromkeys(targets, "up"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Prometheus targets not up after 30 s: {health}\n{proc.tail()}")
+            time.sleep(0.3)
+        yield prom
+    finally:
+        proc.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole alert path: service -> Prometheus -> Alertmanager -> receiver -> Prefect
+# ------------------------------------------------------------------------------------------------
+DRIFT_ALERT = "RobustdxDriftHigh"
+
+
+def fast_alert_rules(workdir: Path, alert: str = DRIFT_ALERT, duration: str = "2s") -> Path:
+    """The shipped alerts.yml with only ``alert``'s ``for:`` shortened to ``duration``.
+
+    Why rewrite: the shipped 10 minutes (a few odd slides must not start a retrain) cannot be waited
+    for in a test. Everything else — expression, labels (retrain="true"), annotations — is the shipped
+    rule, so the test exercises exactly what production evaluates; the 10-minute pending period itself
+    is covered by the promtool unit tests (deploy/prometheus/tests/alerts_test.yml).
+    """
+    rules = load_yaml(RULES_DIR / "alerts.yml")
+    found = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert]
+    if len(found) != 1:
+        raise KeyError(f"{alert} is defined {len(found)} times in {RULES_DIR / 'alerts.yml'}")
+    found[0]["for"] = duration
+    return write_yaml(workdir / "alerts-fast.yml", rules)
+
+
+@dataclass
+class AlertPipeline:
+    """The running alert path, for tests that drive the service and watch what comes out."""
+
+    service: Proc
+    prom: Prom
+    alertmanager: Proc
+    receiver: Proc
+    prefect_api: str
+
+    alert_name: str = DRIFT_ALERT
+
+    @property
+    def resource_id(self) -> str:
+        """The Prefect resource id the receiver gives events about this service (its scrape instance)."""
+        return f"robustdx.service.{host_port(self.service)}"
+
+    def send(self, n: int, shifted: bool, start: int) -> None:
+        """``n`` clean or stain-shifted patches to the service, waiting until drift is recomputed."""
+        send_and_settle(self.service.url, n, shifted, start)
+
+    def prometheus_alert(self) -> dict[str, Any] | None:
+        """The drift alert as Prometheus sees it (pending / firing), or None while inactive."""
+        found = [a for a in self.prom.alerts() if a["labels"]["alertname"] == self.alert_name]
+        return found[0] if found else None
+
+    def alertmanager_alerts(self) -> list[dict[str, Any]]:
+        """The drift alerts Alertmanager holds (with their receivers and fingerprints)."""
+        params = {"filter": f'alertname="{self.alert_name}"'}
+        return httpx.get(f"{self.alertmanager.url}/api/v2/alerts", params=params, timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def alert_pipeline(
+    monitoring_tools: Tools,
+    service: Proc,
+    alert_receiver: Proc,
+    prefect_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AlertPipeline]:
+    """Prometheus (shipped recording rules + alerts with a 2 s drift ``for:``) scraping the service every
+    second, a real Alertmanager with the shipped routing (group_wait 1 s) posting to the receiver
+    process, which emits into the session's Prefect server."""
+    work = tmp_path_factory.mktemp("alert_pipeline")
+    am = start_alertmanager(monitoring_tools, local_alertmanager_config(f"{alert_receiver.url}/alerts"), work / "alertmanager")
+    try:
+        rules = [RULES_DIR / "recording.yml", fast_alert_rules(work)]
+        with live_prometheus(
+            monitoring_tools, work / "prometheus", {SERVICE_JOB: host_port(service)}, rules, host_port(am)
+        ) as prom:
+            yield AlertPipeline(service, prom, am, alert_receiver, prefect_server)
+    finally:
+        am.stop()
