@@ -377,8 +377,13 @@ def deploy(
     no_cron: Annotated[bool, typer.Option("--no-cron", help="Only the drift-triggered deployment.")] = False,
     cooldown_minutes: Annotated[float, typer.Option(min=0.1, help="Drift events within this window start one retrain.")] = 360,
     sweep_config: Annotated[Path, typer.Option("--sweep", help="Sweep file of the retrains.")] = Path("configs/sweeps/demo.yaml"),
+    num_samples: Annotated[int | None, typer.Option(min=1, help="Trials per sweep (default: the sweep file's).")] = None,
+    run_set: Annotated[
+        list[str] | None, typer.Option("--run-set", help="Override of every trial's run config, e.g. data.root=... (repeatable).")
+    ] = None,
     train_set: Annotated[list[str] | None, typer.Option("--train-set", help="Full-training override (repeatable).")] = None,
     home: HomeOpt = None,
+    output_dir: Annotated[Path, typer.Option(help="Where the retrained runs go.")] = Path("runs/retrain"),
     service_url: Annotated[str | None, typer.Option(help="Service to reload after a promotion.")] = None,
 ) -> None:
     """Serve the retrain deployments (nightly cron + drift trigger) from this process until Ctrl-C.
@@ -391,8 +396,9 @@ def deploy(
     from robustdx.flows.schedule import build_deployments, serve
 
     base = RetrainParams(
-        sweep=SweepParams(config=str(sweep_config)),
+        sweep=SweepParams(config=str(sweep_config), num_samples=num_samples, run_overrides=run_set or []),
         train_overrides=train_set or [],
+        output_dir=str(output_dir),
         bentoml_home=str(home) if home else None,
         service_url=service_url,
     )

@@ -281,8 +281,12 @@ def promote_flow(params: PromoteParams) -> dict[str, Any]:
         create_markdown_artifact(_decision_markdown(outcome), key="promotion-decision", description=outcome["summary"])
         logger.info(outcome["summary"])
         if outcome["promoted"] and params.service_url:
-            outcome["reload"] = promotion.reload_service(params.service_url)
-            logger.info("service at %s now serves %s", params.service_url, outcome["reload"].get("tag"))
+            try:
+                outcome["reload"] = promotion.reload_service(params.service_url)
+                logger.info("service at %s now serves %s", params.service_url, outcome["reload"].get("tag"))
+            except RuntimeError as err:  # the promotion stands: a service (re)started later loads the pointer
+                outcome["reload"] = {"error": str(err)}
+                logger.warning("promoted, but could not reload %s: %s", params.service_url, err)
         return outcome
 
 
