@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # no hard line breaks in messages: they are grepped and piped into logs
 err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML preset, e.g. configs/demo.yaml.")]
