@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration test-deploy bench bench-asha lint images stack clean help
+.PHONY: venv demo test test-unit test-integration test-deploy bench bench-asha lint images stack up down clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
@@ -42,7 +42,7 @@ lint: venv  ## ruff + hadolint
 	$(VENV)/bin/hadolint Dockerfile
 
 test-deploy: venv  ## Prometheus rules, Alertmanager, dashboards, compose, Dockerfile, alert -> Prefect event (~1 min)
-	$(PY) -m pytest tests/deploy tests/unit/flows/test_alerts.py tests/integration/test_alert_to_event.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/deploy tests/unit/flows/test_alerts.py tests/unit/flows/test_localstack.py tests/integration/test_alert_to_event.py $(PYTEST_ARGS)
 
 images:  ## build both images (needs Docker)
 	docker build --target serve -t robustdx-serve:local . && docker build --target train -t robustdx-train:local .
@@ -50,5 +50,12 @@ images:  ## build both images (needs Docker)
 stack:  ## start the compose stack (needs Docker)
 	docker compose -f deploy/compose.yaml up -d --build
 
-clean:  ## remove runs and synthetic data (keeps the venv)
+up: venv  ## the whole stack as local processes on 127.0.0.1, no Docker: Prefect UI :4200, service :3000, Prometheus :9090, Alertmanager :9093, Pushgateway :9091 (first run retrains a model, ~3 min)
+	$(PY) -m robustdx.flows.localstack up
+
+down:  ## stop exactly what `make up` started
+	$(PY) -m robustdx.flows.localstack down
+
+clean:  ## stop a `make up` stack, remove runs and synthetic data (keeps the venv)
+	if [ -x $(PY) ]; then $(PY) -m robustdx.flows.localstack down; fi
 	rm -rf runs data/synthetic .pytest_cache

@@ -378,6 +378,9 @@ def deploy(
     cooldown_minutes: Annotated[float, typer.Option(min=0.1, help="Drift events within this window start one retrain.")] = 360,
     sweep_config: Annotated[Path, typer.Option("--sweep", help="Sweep file of the retrains.")] = Path("configs/sweeps/demo.yaml"),
     num_samples: Annotated[int | None, typer.Option(min=1, help="Trials per sweep (default: the sweep file's).")] = None,
+    sweep_set: Annotated[
+        list[str] | None, typer.Option("--sweep-set", help="Override of the sweep file, e.g. storage_path=... (repeatable).")
+    ] = None,
     run_set: Annotated[
         list[str] | None, typer.Option("--run-set", help="Override of every trial's run config, e.g. data.root=... (repeatable).")
     ] = None,
@@ -396,7 +399,9 @@ def deploy(
     from robustdx.flows.schedule import build_deployments, serve
 
     base = RetrainParams(
-        sweep=SweepParams(config=str(sweep_config), num_samples=num_samples, run_overrides=run_set or []),
+        sweep=SweepParams(
+            config=str(sweep_config), num_samples=num_samples, overrides=sweep_set or [], run_overrides=run_set or []
+        ),
         train_overrides=train_set or [],
         output_dir=str(output_dir),
         bentoml_home=str(home) if home else None,

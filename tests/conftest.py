@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data.synthetic import write_busi, write_camelyon17
@@ -56,6 +57,28 @@ def learnable_raw(root: Path, out: Path, **over: Any) -> dict[str, Any]:
         if raw[stage]["max_steps_per_epoch"] == 3:
             raw[stage]["max_steps_per_epoch"] = None
     return raw
+
+
+def write_tiny_sweep(folder: Path, data: Path, name: str) -> Path:
+    """A two-trial FIFO sweep over the training ε on the learnable set (2 + 2 epochs per trial), written
+    with its base run config into ``folder``; results go to ``folder/sweeps``."""
+    base = folder / "base.yaml"
+    raw = learnable_raw(data, folder / "runs", name=f"{name}-base", pretrain__epochs=2, finetune__epochs=2)
+    base.write_text(yaml.safe_dump(raw))
+    sweep = {
+        "name": name,
+        "base": str(base),
+        "space": {"eps": ["2/255", "4/255"], "lr": {"choices": [0.003]}},
+        "num_samples": 2,
+        "search": "random",
+        "scheduler": "fifo",
+        "val_robust_n": 16,
+        "num_cpus": 2,
+        "storage_path": str(folder / "sweeps"),
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
 
 
 @pytest.fixture(scope="session")

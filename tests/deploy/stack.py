@@ -14,40 +14,49 @@ server is the root conftest's ``prefect_server``.
 
 Fixtures: ``monitoring_tools`` (session), ``model_home``, ``service``, ``pushgateway``,
 ``alert_receiver`` (session) and ``alert_pipeline`` (module: service -> Prometheus -> Alertmanager ->
-receiver -> Prefect). Helpers worth knowing:
+receiver -> Prefect). The generic parts are product code in :mod:`robustdx.flows.localstack` (``make up``
+starts the same processes), imported from there:
 
 * :func:`ensure_tools`: finds the Prometheus binaries, installing the Debian packages when they are
   missing and we are root; fails with the command to run otherwise (never a silent skip).
-* :class:`Proc` / :func:`start_on_free_port`: a process on a free port, ready-checked over HTTP.
+* :class:`Proc` (a process in its own group, ready-checked over HTTP) and, here,
+  :func:`start_on_free_port`: a process on a free port.
 * :func:`local_prometheus_config` / :func:`local_alertmanager_config`: the shipped configurations
-  pointed at the local processes with 1 s intervals; job names, ``honor_labels``, routes and matchers
-  are kept, so what the alert rules select on is tested as shipped.
+  pointed at the local processes, here with 1 s intervals (:data:`TEST_INTERVAL`); job names,
+  ``honor_labels``, routes and matchers are kept, so what the alert rules select on is tested as shipped.
 * :class:`Prom`: a tiny PromQL client with ``wait_for``.
 * :func:`stain_stream` / :func:`feed` / :func:`trickle`: clean or stain-shifted patches sent to the service.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import yaml
 
+from robustdx.flows import localstack
+from robustdx.flows.localstack import (
+    INSTALL_COMMAND,  # noqa: F401 - test_stack.py checks the command ensure_tools runs
+    Proc,
+    Tools,
+    ToolsUnavailable,
+    alertmanager_argv,
+    ensure_tools,
+    load_yaml,
+    prometheus_argv,
+    pushgateway_argv,
+    write_yaml,
+)
 from robustdx.service.local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,176 +69,14 @@ VENV_BIN = Path(sys.executable).parent
 
 # job names of deploy/prometheus/prometheus.yml that the tests run locally (the rest — Ray, Prefect,
 # Grafana — are dropped from the local config; test_compose checks they exist in the shipped one)
-SERVICE_JOB = "robustdx-service"
-PUSHGATEWAY_JOB = "pushgateway"
-
-# ------------------------------------------------------------------------------------------------
-# system tools (Debian 12 packages)
-# ------------------------------------------------------------------------------------------------
-APT_PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-pushgateway")
-INSTALL_COMMAND = ("apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES)
-TOOL_BINARIES = ("prometheus", "promtool", "prometheus-alertmanager", "prometheus-pushgateway")
-
-
-class ToolsUnavailable(RuntimeError):
-    """The Prometheus binaries are missing and cannot be installed from here."""
-
-
-@dataclass(frozen=True)
-class Tools:
-    """Paths of the monitoring binaries (``amtool`` ships with the Alertmanager package when present)."""
-
-    prometheus: Path
-    promtool: Path
-    alertmanager: Path
-    pushgateway: Path
-    amtool: Path | None
-
-
-def _which(name: str) -> Path | None:
-    found = shutil.which(name)
-    return Path(found) if found else None
-
-
-def find_tools() -> Tools | None:
-    """The installed tools, or None when any required one is missing."""
-    paths = {name: _which(name) for name in TOOL_BINARIES}
-    if any(p is None for p in paths.values()):
-        return None
-    return Tools(
-        prometheus=paths["prometheus"],  # type: ignore[arg-type]
-        promtool=paths["promtool"],  # type: ignore[arg-type]
-        alertmanager=paths["prometheus-alertmanager"],  # type: ignore[arg-type]
-        pushgateway=paths["prometheus-pushgateway"],  # type: ignore[arg-type]
-        amtool=_which("amtool"),
-    )
-
-
-def ensure_tools(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Tools:
-    """The monitoring binaries, installed with apt-get first when missing.
-
-    Why install from a test: CI machines are fresh Debian 12 images where the suite runs as root, and
-    these checks are worthless if they skip silently. ``apt-get update`` is run only when the first
-    install fails (a stale or empty package index), which keeps the common case fast. The packages'
-    maintainer scripts do not start daemons here (no systemd); the tests start the binaries themselves.
-
-    Raises:
-        ToolsUnavailable: not root, or apt-get failed; the message names the command to run.
-    """
-    tools = find_tools()
-    if tools is not None:
-        return tools
-    missing = [name for name in TOOL_BINARIES if _which(name) is None]
-    command = " ".join(INSTALL_COMMAND)
-    if os.geteuid() != 0:
-        raise ToolsUnavailable(
-            f"missing {', '.join(missing)}; the deploy tests need the real binaries. "
-            f"Install them with: sudo apt-get update && sudo {command}"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = run(list(INSTALL_COMMAND), env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        update = run(["apt-get", "update"], env=env, capture_output=True, text=True, check=False)
-        done = run(list(INSTALL_COMMAND), env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ToolsUnavailable(
-                f"`{command}` failed (exit {done.returncode}) after `apt-get update` (exit {update.returncode}):\n"
-                f"{(update.stderr or '')[-1500:]}\n{(done.stdout or '')[-1500:]}\n{(done.stderr or '')[-1500:]}"
-            )
-    tools = find_tools()
-    if tools is None:
-        still = [name for name in TOOL_BINARIES if _which(name) is None]
-        raise ToolsUnavailable(f"`{command}` succeeded but {', '.join(still)} is still not on PATH ({os.environ.get('PATH')})")
-    return tools
+SERVICE_JOB = localstack.SCRAPE_JOBS["service"]
+PUSHGATEWAY_JOB = localstack.SCRAPE_JOBS["pushgateway"]
+TEST_INTERVAL = "1s"  # scrape / evaluation intervals and Alertmanager group waits: rules fill in seconds
 
 
 # ------------------------------------------------------------------------------------------------
 # processes
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class Proc:
-    """One process in its own session (so the whole group can be stopped), logging to a file.
-
-    ``ready`` is an HTTP path polled on ``url`` until it answers 2xx; the log's tail is attached to
-    every failure so a broken start says why.
-    """
-
-    name: str
-    cmd: Sequence[str]
-    log: Path
-    port: int
-    ready: str = "/"
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Path = REPO
-    timeout: float = 60.0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Proc:
-        # the venv's bin first on PATH: the deploy/bin scripts call python / bentoml / prefect by name,
-        # exactly as in the container where the image's venv is on PATH
-        env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **self.env}
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                list(self.cmd), cwd=self.cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"{self.name} exited with {code} before it was ready:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + self.ready, timeout=2).is_success:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready on {self.url}{self.ready} after {self.timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, n: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after 15 s; idempotent."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        finally:
-            try:  # stragglers that ignored SIGTERM after their leader exited
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc = None
-
-    def __enter__(self) -> Proc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 def start_on_free_port(
     name: str,
     cmd: Callable[[int], Sequence[str]],
@@ -256,50 +103,16 @@ def start_on_free_port(
 # ------------------------------------------------------------------------------------------------
 # Prometheus, Alertmanager, Pushgateway
 # ------------------------------------------------------------------------------------------------
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
-
-
 def local_prometheus_config(
-    targets: Mapping[str, str],
-    rule_files: Sequence[Path],
-    alertmanager: str | None = None,
-    interval: str = "1s",
+    targets: Mapping[str, str], rule_files: Sequence[Path], alertmanager: str | None = None
 ) -> dict[str, Any]:
-    """The shipped ``prometheus.yml`` rewritten for the local processes.
-
-    ``targets`` maps a shipped job name to a ``host:port``; jobs not named there are dropped (their
-    components do not run in tests). Scrape and evaluation intervals become ``interval`` so rules and
-    ``rate()`` windows fill in seconds.
-    """
-    shipped = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
-    jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
-    unknown = set(targets) - set(jobs)
-    if unknown:
-        raise KeyError(f"no scrape job {sorted(unknown)} in deploy/prometheus/prometheus.yml (has {sorted(jobs)})")
-    config = copy.deepcopy(shipped)
-    config["global"] = {**shipped.get("global", {}), "scrape_interval": interval, "evaluation_interval": interval}
-    config["rule_files"] = [str(p) for p in rule_files]
-    scrape = []
-    for name, target in targets.items():
-        job = copy.deepcopy(jobs[name])
-        job["scrape_interval"] = interval
-        job.pop("scrape_timeout", None)
-        labels = job["static_configs"][0].get("labels", {}) if job.get("static_configs") else {}
-        job["static_configs"] = [{"targets": [target], **({"labels": labels} if labels else {})}]
-        scrape.append(job)
-    config["scrape_configs"] = scrape
-    if alertmanager:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    else:
-        config.pop("alerting", None)
-    return config
+    """:func:`robustdx.flows.localstack.local_prometheus_config` with :data:`TEST_INTERVAL` intervals."""
+    return localstack.local_prometheus_config(targets, rule_files, alertmanager, TEST_INTERVAL, REPO)
 
 
-def write_yaml(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+def local_alertmanager_config(webhook_url: str) -> dict[str, Any]:
+    """:func:`robustdx.flows.localstack.local_alertmanager_config` with :data:`TEST_INTERVAL` group waits."""
+    return localstack.local_alertmanager_config(webhook_url, TEST_INTERVAL, REPO)
 
 
 def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
@@ -307,14 +120,7 @@ def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> 
     cfg = write_yaml(workdir / "prometheus.yml", config)
     return start_on_free_port(
         "prometheus",
-        lambda port: [
-            str(tools.prometheus),
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=warn",
-        ],
+        lambda port: prometheus_argv(tools, cfg, workdir / "data", port, retention="1h", log_level="warn"),
         workdir / "prometheus.log",
         ready="/-/ready",
     )
@@ -322,51 +128,19 @@ def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> 
 
 def start_pushgateway(tools: Tools, workdir: Path) -> Proc:
     return start_on_free_port(
-        "pushgateway",
-        lambda port: [str(tools.pushgateway), f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        workdir / "pushgateway.log",
-        ready="/-/ready",
+        "pushgateway", lambda port: pushgateway_argv(tools, port, log_level="warn"), workdir / "pushgateway.log", ready="/-/ready"
     )
 
 
 def start_alertmanager(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
-    """A real Alertmanager; clustering is switched off (``--cluster.listen-address=``) so it neither
-    binds the default gossip port 9094 nor waits for peers before sending notifications."""
+    """A real Alertmanager (clustering off, see :func:`robustdx.flows.localstack.alertmanager_argv`)."""
     cfg = write_yaml(workdir / "alertmanager.yml", config)
     return start_on_free_port(
         "alertmanager",
-        lambda port: [
-            str(tools.alertmanager),
-            f"--config.file={cfg}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
+        lambda port: alertmanager_argv(tools, cfg, workdir / "data", port, log_level="warn"),
         workdir / "alertmanager.log",
         ready="/-/ready",
     )
-
-
-def local_alertmanager_config(webhook_url: str, wait: str = "1s") -> dict[str, Any]:
-    """The shipped ``alertmanager.yml`` with its webhook pointed at ``webhook_url`` and every
-    ``group_wait`` / ``group_interval`` shortened to ``wait``; routes, matchers and receivers stay as
-    shipped, so the test exercises the real routing of ``retrain="true"`` alerts."""
-    config = copy.deepcopy(load_yaml(ALERTMANAGER_YML))
-    hooks = [hook for receiver in config["receivers"] for hook in receiver.get("webhook_configs", [])]
-    if len(hooks) != 1:
-        raise ValueError(f"expected one webhook receiver in {ALERTMANAGER_YML}, found {len(hooks)}")
-    hooks[0]["url"] = webhook_url
-
-    def shorten(route: dict[str, Any]) -> None:
-        for key in ("group_wait", "group_interval"):
-            if key in route:
-                route[key] = wait
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(config["route"])
-    return config
 
 
 def host_port(proc: Proc) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from robustdx.flows import localstack
 from tests.deploy import stack
 
 pytestmark = pytest.mark.unit
@@ -20,7 +21,7 @@ class FakeApt:
         self.calls: list[list[str]] = []
         self.installed = False
         self.succeed_on = succeed_on_install
-        monkeypatch.setattr(stack.shutil, "which", lambda name: f"/usr/bin/{name}" if self.installed else None)
+        monkeypatch.setattr(localstack.shutil, "which", lambda name: f"/usr/bin/{name}" if self.installed else None)
 
     def __call__(self, cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         self.calls.append(cmd)
@@ -40,7 +41,7 @@ def test_tools_present_means_no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_not_root_fails_naming_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     apt = FakeApt(monkeypatch, succeed_on_install=1)
-    monkeypatch.setattr(stack.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(localstack.os, "geteuid", lambda: 1000)
     with pytest.raises(stack.ToolsUnavailable) as err:
         stack.ensure_tools(run=apt)
     assert apt.calls == []
@@ -51,7 +52,7 @@ def test_not_root_fails_naming_the_command(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_root_installs_and_updates_the_index_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stack.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
     apt = FakeApt(monkeypatch, succeed_on_install=1)
     stack.ensure_tools(run=apt)
     assert apt.calls == [list(stack.INSTALL_COMMAND)]
@@ -61,7 +62,7 @@ def test_root_installs_and_updates_the_index_only_when_needed(monkeypatch: pytes
 
 
 def test_root_install_failure_reports_apt_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stack.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
     with pytest.raises(stack.ToolsUnavailable, match="Unable to locate package"):
         stack.ensure_tools(run=FakeApt(monkeypatch, succeed_on_install=99))
 

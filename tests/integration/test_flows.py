@@ -10,39 +10,20 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import yaml
 
 from robustdx.core import serving
 from robustdx.core.modelstore import list_models
 from robustdx.core.promotion import GateConfig
 from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
 from robustdx.flows.promote import EvaluationSettings
-from tests.conftest import learnable_raw
+from tests.conftest import write_tiny_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def sweep_file(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("retrain_sweep")
-    base = folder / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(learnable_raw(learnable_root, folder / "runs", name="base", pretrain__epochs=2, finetune__epochs=2))
-    )
-    sweep = {
-        "name": "retrain-test",
-        "base": str(base),
-        "space": {"eps": ["2/255", "4/255"], "lr": {"choices": [0.003]}},
-        "num_samples": 2,
-        "search": "random",
-        "scheduler": "fifo",
-        "val_robust_n": 16,
-        "num_cpus": 2,
-        "storage_path": str(folder / "sweeps"),
-    }
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
+    return write_tiny_sweep(tmp_path_factory.mktemp("retrain_sweep"), learnable_root, "retrain-test")
 
 
 async def _artifact_keys() -> set[str]:
