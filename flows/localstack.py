@@ -828,15 +828,11 @@ class _Launcher:
 
 
 @dataclass(frozen=True)
-class StackPlan:
-    """The command, environment and log of every component of one stack (nothing is started here)."""
+class StackAddresses:
+    """Where a stack's components are: its state folder and ports (also what tests of a running stack need)."""
 
     root: Path
-    repo: Path
     ports: Mapping[str, int]
-    tools: Tools
-    token: str
-    fast_alerts: bool = False
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -849,6 +845,16 @@ class StackPlan:
     def home(self) -> Path:
         """BENTOML_HOME: the model store and the production pointer."""
         return self.root / "bentoml"
+
+
+@dataclass(frozen=True)
+class StackPlan(StackAddresses):
+    """The command, environment and log of every component of one stack (nothing is started here)."""
+
+    repo: Path
+    tools: Tools
+    token: str
+    fast_alerts: bool = False
 
     def _proc(self, name: str, cmd: Sequence[str], **kw: Any) -> Proc:
         return Proc(name, cmd, self.root / "logs" / f"{name}.log", self.ports.get(name), cwd=self.repo, **kw)
@@ -948,7 +954,7 @@ def up(opts: UpOptions) -> int:
     state_path(root).unlink(missing_ok=True)  # the record of a stack that is gone
     tools = ensure_tools()
     overrides = prepare_data(sweep, opts.run_set, opts.data.resolve() if opts.data else None, repo)
-    plan = StackPlan(root, repo, dict(opts.ports), tools, admin_token(root), opts.fast_alerts)
+    plan = StackPlan(root, dict(opts.ports), repo, tools, admin_token(root), opts.fast_alerts)
     launcher = _Launcher(root)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:

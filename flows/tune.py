@@ -760,6 +760,17 @@ def _trial_id_from_path(path: str) -> str:
     return match.group(1) if match else Path(path).name
 
 
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The row with the highest score; on a tie the earliest trial (Tune's ``_NNNNN`` index), so that the
+    same sweep picks the same configuration whatever order the trials finished in."""
+
+    def index(row: dict[str, Any]) -> int:
+        match = re.search(r"_([0-9]+)$", str(row.get("trial_id", "")))
+        return int(match.group(1)) if match else 0
+
+    return max(rows, key=lambda r: (r["score"], -index(r)))
+
+
 def _drop_nan(record: dict[str, Any]) -> dict[str, Any]:
     """A result row without the NaN cells pandas fills in for keys a report did not have."""
     return {k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))}
@@ -795,7 +806,7 @@ def plot_scores(path: Path, rows: list[dict[str, Any]], params: list[str], objec
     fig = Figure(figsize=(4 * len(params), 3.4), layout="constrained")
     axes = fig.subplots(1, len(params), squeeze=False)[0]
     scored = [r for r in rows if r["score"] is not None]
-    best = max(scored, key=lambda r: r["score"]) if scored else None
+    best = best_row(scored) if scored else None
     markers = {"completed": ("o", "tab:blue"), "stopped": ("v", "tab:orange")}
     for ax, name in zip(axes, params, strict=True):
         scale = 255 if name == "eps" else 1
@@ -853,7 +864,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = True, address: str | None = None,
     if not scored:
         errors = "\n".join(f"  {r['trial_id']}: {r['error'] or r['status']}" for r in rows)
         raise SweepError(f"no trial of sweep {cfg.name!r} reported a score ({trials_csv}):\n{errors}")
-    best = max(scored, key=lambda r: r["score"])
+    best = best_row(scored)
     params = list(cfg.space.dimensions())
     best_params = {k: best[k] for k in params}
     best_config = trial_config(cfg, base, best_params, name=f"{cfg.name}-best")

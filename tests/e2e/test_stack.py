@@ -36,6 +36,7 @@ from robustdx.flows.localstack import (
     UI_DEPLOYMENTS,
     UI_RUNS,
     Record,
+    StackAddresses,
     ToolsUnavailable,
     apt_binaries,
     read_records,
@@ -117,21 +118,8 @@ def distinct_free_ports(n: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Stack:
-    root: Path
-    ports: dict[str, int]
+class Stack(StackAddresses):
     records: list[Record]
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    @property
-    def api(self) -> str:
-        return f"{self.url('prefect')}/api"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "bentoml"
 
 
 def localstack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -62,7 +62,7 @@ def distinct_free_ports() -> dict[str, int]:
 
 
 def plan(root: Path, tools: Tools, fast: bool = False) -> StackPlan:
-    return StackPlan(root, REPO, dict(DEFAULT_PORTS), tools, "not-a-real-token", fast_alerts=fast)
+    return StackPlan(root, dict(DEFAULT_PORTS), REPO, tools, "not-a-real-token", fast_alerts=fast)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -417,3 +417,16 @@ def test_sweep_config_schema_is_strict() -> None:
     assert SweepConfig.model_config["extra"] == "forbid"
     with pytest.raises(ValueError):
         SweepConfig.model_validate({**_raw(), "unknown": 1})
+
+
+def test_best_row_breaks_ties_by_trial_order_not_finishing_order() -> None:
+    from robustdx.flows.tune import best_row
+
+    rows = [
+        {"trial_id": "ab12c_00002", "score": 0.9},
+        {"trial_id": "ab12c_00001", "score": 0.9},
+        {"trial_id": "ab12c_00000", "score": 0.8},
+    ]
+    assert best_row(rows)["trial_id"] == "ab12c_00001"
+    assert best_row(list(reversed(rows)))["trial_id"] == "ab12c_00001"
+    assert best_row([*rows, {"trial_id": "ab12c_00003", "score": 0.95}])["trial_id"] == "ab12c_00003"
