@@ -30,6 +30,11 @@ Objective = Literal["robust_mean", "clean", "robust"]
 SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")
 
 
+def region_name(cfg: RunConfig) -> str:
+    """What the label depends on: BUSI's lesion masks, else the Camelyon17/PCam centre 32×32."""
+    return "lesion" if cfg.data.dataset == DatasetName.BUSI else "centre"
+
+
 def region_batch(
     splits: Splits, cfg: RunConfig, n: int, split: Literal["val", "test"] = "test"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
@@ -39,11 +44,11 @@ def region_batch(
         ds = ImageDataset(ds.records, ds.transform, with_masks=True)
         items = [ds[i] for i in range(min(n, len(ds)))]
         masks = torch.stack([it[3][0] for it in items]) > 0.5
-        return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), masks, "lesion"
+        return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), masks, region_name(cfg)
     items = [ds[i] for i in range(min(n, len(ds)))]
     x = torch.stack([it[0] for it in items])
     centre = attr_metrics.centre_mask(x.shape[-2], x.shape[-1]).bool()
-    return x, torch.tensor([it[1] for it in items]), centre.expand(len(x), -1, -1), "centre"
+    return x, torch.tensor([it[1] for it in items]), centre.expand(len(x), -1, -1), region_name(cfg)
 
 
 def attribution_score(
@@ -82,8 +87,10 @@ def validation_scores(
     robust = robust_accuracy(
         model, splits.val, attack, device, cfg.data.eval_batch_size, max_n=n_robust, seed=cfg.seed, n_boot=200
     )
-    x, _y, masks, region = region_batch(splits, cfg, n_attr, split="val")
-    attribution = attribution_score(model, x.to(device), masks.to(device)) if n_attr else None
+    attribution = None
+    if n_attr:  # 0 skips the attribution score (and loading its images)
+        x, _y, masks, _region = region_batch(splits, cfg, n_attr, split="val")
+        attribution = attribution_score(model, x.to(device), masks.to(device))
     return {
         "clean_acc": float(clean["acc"]),
         "balanced_acc": float(clean["bal_acc"]),
@@ -92,7 +99,7 @@ def validation_scores(
         "eps": float(eps),
         "pgd_steps": attack.steps,
         "attribution": attribution,
-        "region": region,
+        "region": region_name(cfg),
         "n_val": len(labels),
         "n_robust": int(robust["n"]),
     }

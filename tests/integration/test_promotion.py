@@ -21,7 +21,7 @@ from robustdx.core.config import parse_config
 from robustdx.core.errors import BundleError
 from robustdx.core.modelstore import list_models, model_path
 from robustdx.core.recipes import run_recipe
-from robustdx.flows.promote import EvaluationSettings, promote, rollback
+from robustdx.flows.promote import EvaluationSettings, evaluate_against_production, promote, rollback
 from tests.conftest import learnable_raw
 
 pytestmark = [pytest.mark.integration]
@@ -131,3 +131,12 @@ def test_promote_flow_records_the_decision(bundles: dict[str, str], home: Path, 
 
     markdown = asyncio.run(latest())
     assert "# Promotion: REJECTED" in markdown and "clean_acc" in markdown and "**no**" in markdown
+
+
+def test_attribution_score_can_be_skipped(bundles: dict[str, str], home: Path) -> None:
+    """n_attr=0 ("0: skip") scores clean and robust accuracy only, and the attribution gate has nothing to compare."""
+    skip = EvaluationSettings(n_robust=16, n_attr=0)
+    promote(bundles["worse"], settings=skip, home=home)
+    ev = evaluate_against_production(bundles["good"], home, skip)
+    assert ev.candidate["attribution"] is None and ev.production["attribution"] is None
+    assert ev.candidate["region"] == "centre" and ev.candidate["n_robust"] == 16
