@@ -27,7 +27,8 @@ from robustdx.core.evaluate import classification_metrics, predict, robust_accur
 from robustdx.core.explain import attribution_map, fast_integrated_gradients
 
 Objective = Literal["robust_mean", "clean", "robust"]
-SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")
+SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")  # what the promotion gates compare
+REPORT_KEYS = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust")  # tables
 
 
 def region_name(cfg: RunConfig) -> str:

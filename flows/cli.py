@@ -266,13 +266,15 @@ HomeOpt = Annotated[
 
 def _scores_table(ev: Any) -> Table:
     """Candidate vs serving model, from a :class:`robustdx.flows.promote.Evaluation`."""
-    candidate, production, tag = ev.candidate, ev.production, ev.production_tag
+    from robustdx.flows.promote import score_rows
+
+    tag = ev.production_tag
     table = Table(title=f"validation at ε = {ev.eps * 255:.1f}/255")
     for col in ("validation metric", "candidate", f"serving ({tag})" if tag else "serving (none)"):
         table.add_column(col)
-    for key in ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust"):
-        cells = [candidate.get(key), (production or {}).get(key)]
-        table.add_row(key, *("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells))
+    for row in score_rows(ev.candidate, ev.production):
+        cells = [row["candidate"], row["serving"]]
+        table.add_row(row["metric"], *("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells))
     return table
 
 

@@ -34,11 +34,12 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from robustdx.core import serving
-from robustdx.core.bundle import verify_bundle
+from robustdx.core.bundle import WEIGHTS, verify_bundle
 from robustdx.core.config import RunConfig, apply_overrides, load_config, parse_config
 from robustdx.core.errors import BundleError, ConfigError, DataError
 from robustdx.core.promotion import GateConfig
 from robustdx.core.report import markdown_table
+from robustdx.core.scoring import SCORE_KEYS
 from robustdx.flows import metrics as flow_metrics
 from robustdx.flows import promote as promotion
 
@@ -168,7 +169,7 @@ def _evaluation_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     pointer = serving.read_production(home)
     manifest = verify_bundle(parameters["bundle"])
     settings: promotion.EvaluationSettings = parameters["settings"]
-    parts = [manifest["files"]["model.safetensors"]["sha256"], pointer.tag if pointer else "-", settings.model_dump_json()]
+    parts = [manifest["files"][WEIGHTS]["sha256"], pointer.tag if pointer else "-", settings.model_dump_json()]
     return "evaluate-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -187,11 +188,6 @@ def promote_task(params: PromoteParams) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # artifacts
 # ------------------------------------------------------------------------------------------------
-def _score_rows(candidate: dict[str, Any], production: dict[str, Any] | None) -> list[dict[str, Any]]:
-    keys = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust")
-    return [{"metric": k, "candidate": candidate.get(k), "serving": (production or {}).get(k)} for k in keys]
-
-
 def _decision_markdown(outcome: dict[str, Any]) -> str:
     verdict = "PROMOTED" if outcome["promoted"] else "REJECTED"
     lines = [
@@ -220,7 +216,7 @@ def _decision_markdown(outcome: dict[str, Any]) -> str:
         "",
         "## Scores",
         "",
-        markdown_table(_score_rows(outcome["candidate"], outcome["production"]), ["metric", "candidate", "serving"]),
+        markdown_table(promotion.score_rows(outcome["candidate"], outcome["production"]), ["metric", "candidate", "serving"]),
         "",
         f"Why: {outcome['summary']}",
     ]
@@ -228,10 +224,8 @@ def _decision_markdown(outcome: dict[str, Any]) -> str:
 
 
 def _scores_for_push(outcome: dict[str, Any]) -> dict[str, Any]:
-    pick = ("clean_acc", "robust_acc", "attribution")
-
     def clean(d: dict[str, Any] | None) -> dict[str, float]:
-        return {k: float(d[k]) for k in pick if d and d.get(k) is not None}
+        return {k: float(d[k]) for k in SCORE_KEYS if d and d.get(k) is not None}
 
     return {"candidate": clean(outcome["candidate"]), "production": clean(outcome["production"])}
 
@@ -263,7 +257,7 @@ def evaluate_flow(
     with _pushed("evaluate", {}):
         out = evaluate_task(bundle, bentoml_home, settings)
         create_table_artifact(
-            _score_rows(out["candidate"], out["production"]),
+            promotion.score_rows(out["candidate"], out["production"]),
             key="evaluation",
             description=f"{bundle} vs serving {out['production_tag'] or '(none)'} at eps {out['eps']:.5f}",
         )

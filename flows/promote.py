@@ -32,7 +32,7 @@ from robustdx.core.bundle import Bundle, load_bundle
 from robustdx.core.data import build_splits
 from robustdx.core.modelstore import load_bundle_from_store, save_bundle_to_store
 from robustdx.core.promotion import Decision, GateConfig, decide
-from robustdx.core.scoring import validation_scores
+from robustdx.core.scoring import REPORT_KEYS, validation_scores
 from robustdx.core.train import resolve_device
 
 
@@ -72,6 +72,11 @@ class PromotionResult:
             "production_tag": self.evaluation.production_tag,
             **self.decision.to_json(),
         }
+
+
+def score_rows(candidate: dict[str, Any], production: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Candidate and serving model side by side, one row per reported validation score."""
+    return [{"metric": k, "candidate": candidate.get(k), "serving": (production or {}).get(k)} for k in REPORT_KEYS]
 
 
 def serving_bundle(home: Path | str | None) -> tuple[str, Bundle] | None:
