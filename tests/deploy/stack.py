@@ -143,6 +143,16 @@ def start_alertmanager(tools: Tools, config: Mapping[str, Any], workdir: Path) -
     )
 
 
+def free_stack_ports() -> dict[str, int]:
+    """A distinct free 127.0.0.1 port for every component of ``make up`` (flows/localstack.py)."""
+    from robustdx.flows.localstack import DEFAULT_PORTS
+
+    ports: set[int] = set()
+    while len(ports) < len(DEFAULT_PORTS):
+        ports.add(free_port())
+    return dict(zip(DEFAULT_PORTS, sorted(ports), strict=True))
+
+
 def host_port(proc: Proc) -> str:
     return f"127.0.0.1:{proc.port}"
 

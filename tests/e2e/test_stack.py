@@ -31,7 +31,6 @@ import pytest
 
 from robustdx.core.serving import read_production
 from robustdx.flows.localstack import (
-    DEFAULT_PORTS,
     DEPLOYMENTS,
     UI_DEPLOYMENTS,
     UI_RUNS,
@@ -42,8 +41,8 @@ from robustdx.flows.localstack import (
     read_records,
     wait_flow_run,
 )
-from robustdx.service.local import free_port
 from tests.conftest import REPO, write_tiny_sweep
+from tests.deploy.stack import free_stack_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -110,13 +109,6 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def distinct_free_ports(n: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
-
-
 @dataclass(frozen=True)
 class Stack(StackAddresses):
     records: list[Record]
@@ -132,7 +124,7 @@ def stack(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """``localstack up`` with a tiny sweep on free ports; ``down`` afterwards, which must leave nothing running."""
     work = tmp_path_factory.mktemp("localstack")
     root = work / "stack"
-    ports = dict(zip(DEFAULT_PORTS, distinct_free_ports(len(DEFAULT_PORTS)), strict=True))
+    ports = free_stack_ports()
     port_args = [arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")]
     try:
         t0 = time.monotonic()

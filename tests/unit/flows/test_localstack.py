@@ -45,20 +45,13 @@ from robustdx.flows.localstack import (
     up,
     write_records,
 )
-from robustdx.service.local import free_port
 from tests.conftest import REPO
+from tests.deploy.stack import free_stack_ports
 
 pytestmark = pytest.mark.unit
 
 SHIPPED_PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 SHIPPED_ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-
-
-def distinct_free_ports() -> dict[str, int]:
-    ports: set[int] = set()
-    while len(ports) < len(DEFAULT_PORTS):
-        ports.add(free_port())
-    return dict(zip(DEFAULT_PORTS, sorted(ports), strict=True))
 
 
 def plan(root: Path, tools: Tools, fast: bool = False) -> StackPlan:
@@ -280,14 +273,14 @@ def test_up_refuses_a_live_stack(tmp_path: Path, spawn: Any, capsys: pytest.Capt
     running = spawn("prefect")
     write_records(tmp_path, [Record.of(running)])
     with pytest.raises(StackError, match=r"already up \(prefect running.*make down first"):
-        up(UpOptions(root=tmp_path, ports=distinct_free_ports()))
+        up(UpOptions(root=tmp_path, ports=free_stack_ports()))
     assert main(["--root", str(tmp_path), "up"]) == 1
     assert "already up" in capsys.readouterr().err
     assert [r.name for r in read_records(tmp_path)] == ["prefect"] and Record.of(running).alive()
 
 
 def test_up_refuses_busy_and_shared_ports(tmp_path: Path) -> None:
-    ports = distinct_free_ports()
+    ports = free_stack_ports()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports["prometheus"]))
         busy.listen()
