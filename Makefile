@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration test-deploy bench bench-asha lint images stack up down clean help
+.PHONY: venv demo test test-unit test-gpu test-deploy timings figures bench bench-asha lint images stack up down clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
@@ -24,12 +24,21 @@ demo: venv  ## synthetic data -> Ray Tune sweep -> train the best adv-SupCon -> 
 	$(VENV)/bin/robustdx demo
 	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --out runs/demo/serve
 
-test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected without a GPU)
-	$(VENV)/bin/ruff check core flows service tests benchmarks deploy
+test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected where torch sees no CUDA)
+	$(VENV)/bin/ruff check core flows service tests benchmarks deploy docs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv  ## fast unit tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-gpu: venv  ## the GPU tests (bf16 autocast + channels_last really engaged); fails where torch sees no CUDA
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+timings: venv  ## fresh clone beside this one: time make venv / demo / test -> docs/timings.json, README figures (~30 min)
+	$(PY) docs/timings.py
+
+figures: venv  ## re-render the README's figures from docs/timings.json and benchmarks/results/*.json
+	$(PY) docs/figures.py
 
 bench: venv  ## training-step throughput benchmark (writes benchmarks/results/train_throughput.json)
 	$(PY) benchmarks/train_throughput.py
@@ -38,7 +47,7 @@ bench-asha: venv  ## ASHA vs every trial to the end on the demo sweep (writes be
 	$(PY) benchmarks/asha_vs_full.py
 
 lint: venv  ## ruff + hadolint
-	$(VENV)/bin/ruff check core flows service tests benchmarks deploy
+	$(VENV)/bin/ruff check core flows service tests benchmarks deploy docs
 	$(VENV)/bin/hadolint Dockerfile
 
 test-deploy: venv  ## Prometheus rules, Alertmanager, dashboards, compose, Dockerfile, alert -> Prefect event (~1 min)

@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from harness import add_common_args, write_result
 
-from robustdx.core.data.synthetic import write_camelyon17
+from robustdx.core.data import synthetic
 from robustdx.flows.tune import SweepResult, load_sweep, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +52,7 @@ def run(scheduler: str, args: argparse.Namespace, storage: Path) -> SweepResult:
         f"pretrain.epochs={args.pretrain_epochs}",
         f"finetune.epochs={args.finetune_epochs}",
         f"data.image_size={args.image_size}",
+        f"data.root={args.data}",
     ]
     sweep, _ = load_sweep(REPO / "configs" / "sweeps" / "demo.yaml", sets, run_sets)
     return run_sweep(sweep, resume=False, log=lambda m: print(f"[{scheduler}] {m}", flush=True))
@@ -88,15 +88,21 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", type=Path, default=REPO / "runs" / "bench" / "asha_vs_full")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "asha_vs_full.json")
+    add_common_args(parser, "asha_vs_full")
     args = parser.parse_args()
-
     data = REPO / "data" / "synthetic" / "camelyon17"
-    if not (data / "camelyon17_v1.0" / "metadata.csv").is_file():  # what `robustdx demo` writes
-        write_camelyon17(data, per_class=60, size=96, seed=0)
+    if args.quick:
+        args.num_samples, args.pretrain_epochs, args.finetune_epochs, args.image_size = 2, 1, 2, 16
+        args.storage = args.storage.with_name("asha_vs_full_quick")
+        data = args.storage / "data"
+    load_before = os.getloadavg()
+    # the demo's data set (rewritten when stale); --quick: a tiny one of its own
+    params = {"per_class": 6, "size": 32} if args.quick else {"per_class": 60, "size": 96}
+    synthetic.ensure(data, "camelyon17", rewrite_stale=True, seed=0, **params)
     os.chdir(REPO)  # the demo configs name their data relative to the repository
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+    args.data = data.resolve()
     t0 = time.perf_counter()
     asha, full = run("asha", args, args.storage), run("fifo", args, args.storage)
     configs = [sorted((r["eps"], r["steps"], r["lr"]) for r in res.rows) for res in (asha, full)]
@@ -123,20 +129,11 @@ def main() -> None:
             "best_score": round(asha.best_score / full.best_score, 3),
         },
         "same_best_configuration": asha.best_params == full.best_params,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "ray": __import__("ray").__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        },
+        "ray": __import__("ray").__version__,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("same_configurations", "ratios_asha_over_full", "same_best_configuration")}, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args, out, load_before)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import add_common_args, write_result
 from torch import Tensor, nn
 
 from robustdx.core.config import RunConfig, parse_config
@@ -57,9 +57,10 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def bench_config(root: Path, output_dir: Path) -> RunConfig:
-    """The briefly trained model: CE on 600 PCam patches, ResNet-18 at 96 px, one epoch."""
-    return parse_config(
+def bench_config(root: Path, output_dir: Path, quick: bool = False) -> RunConfig:
+    """The briefly trained model: CE on 600 PCam patches, ResNet-18 at 96 px, one epoch (``quick``: a tiny
+    CNN at 32 px on 16 patches, one step)."""
+    cfg = parse_config(
         {
             "name": "ig-bench-resnet18",
             "seed": 0,
@@ -78,6 +79,21 @@ def bench_config(root: Path, output_dir: Path) -> RunConfig:
             "output_dir": str(output_dir),
             "progress": False,
         }
+    )
+    if not quick:
+        return cfg
+    return parse_config(
+        cfg.model_dump(mode="json"),
+        [
+            "name=ig-bench-quick",
+            "model.arch=test_cnn",
+            "data.image_size=32",
+            "data.n_train=16",
+            "data.n_val=8",
+            "data.n_test=8",
+            "data.batch_size=8",
+            "pretrain.max_steps_per_epoch=1",
+        ],
     )
 
 
@@ -174,8 +190,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-context", action="store_true", help="skip captum at 32/16 steps and the escalation protocol")
     ap.add_argument("--data", type=Path, default=PCAM, help=f"PCam root with valid/0 and valid/1 [{PCAM}]")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "bench", help="where the trained model is cached")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ig_latency.json")
-    return ap.parse_args()
+    add_common_args(ap, "ig_latency")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.repeats, args.reference_steps, args.no_context = 2, 1, 16, True
+    return args
 
 
 def main() -> None:
@@ -185,7 +204,7 @@ def main() -> None:
             f"PCam not found: expected {args.data}/valid/0 and {args.data}/valid/1 (ImageFolder of .jpg patches); pass --data"
         )
     torch.set_num_threads(args.threads)
-    cfg = bench_config(args.data.resolve(), args.runs)
+    cfg = bench_config(args.data.resolve(), args.runs, args.quick)
     model, model_info = trained_model(cfg)
     x, labels, names = load_images(args.data, args.n, cfg.data.image_size, args.seed)
     load_before = os.getloadavg()
@@ -221,12 +240,8 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "device": "cpu",
-            "cpu_count": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            "torch": torch.__version__,
+            "loadavg_after_timing": load_after,
             "captum": __import__("captum").__version__,
-            "platform": platform.platform(),
         },
         "captum_default": {"n_steps": 50, "method": "gausslegendre", "calls": "one per image"}
         | summary(cap["rel_error"], cap["evaluations"], times["captum"], n, tol),
@@ -254,13 +269,11 @@ def main() -> None:
         out["fidelity"] = run_fidelity(
             model, x, {"captum_default": cap["attributions"], "robustdx_fast": fast.attributions}, context, args
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("speedup", "goal")}, indent=2))
     for side in ("captum_default", "robustdx_fast"):
         res = out[side]
         print(f"{side}: {res['seconds_per_image']:.3f} s/image, max rel error {res['max_rel_error']:.2%}")
-    print(f"-> {args.out}")
+    write_result(args, out, load_before)
 
 
 def run_context(

@@ -26,7 +26,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
+from harness import add_common_args, write_result
 from PIL import Image
 
 from robustdx.core.bundle import save_bundle
@@ -168,8 +168,12 @@ def main() -> None:
     ap.add_argument(
         "--settle", type=float, default=16.0, help="Idle seconds before each RSS reading (the worker trims its heap every 10 s)."
     )
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
+    add_common_args(ap, "serve_load")
     args = ap.parse_args()
+    if args.quick:
+        args.arch, args.size, args.requests, args.compare_requests, args.warmup = "test_cnn", 32, 40, 20, 4
+        args.concurrency, args.settle, args.max_seconds = 4, 0.0, 60.0
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         home = Path(tmp) / "bentoml"
         os.environ["BENTOML_HOME"] = str(home)  # this process too: BentoML reads its home once
@@ -193,18 +197,15 @@ def main() -> None:
     result = {
         "benchmark": "serve_load",
         "model": str(args.bundle) if args.bundle else f"{args.arch} @ {args.size}px, random weights",
-        "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "load_average_at_end": list(psutil.getloadavg()),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("bundle", "out")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("bundle", "out", "_benchmark")},
         "batching": batched,
         "no_batching": unbatched,
         "speedup_throughput": batched["throughput_rps"] / unbatched["throughput_rps"],
         "goals": {"speedup_ge_3": None, "rss_growth_lt_5pct": batched["rss_growth_pct"] < 5},
     }
     result["goals"]["speedup_ge_3"] = result["speedup_throughput"] >= 3
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    write_result(args, result, load_before)
 
 
 if __name__ == "__main__":

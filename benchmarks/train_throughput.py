@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from harness import add_common_args, write_result
 
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
 from robustdx.core.losses import supcon_loss
@@ -92,8 +93,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (both sides)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json")
+    add_common_args(ap, "train_throughput")
     args = ap.parse_args()
+    if args.quick:
+        args.arch, args.size, args.batch, args.pgd_steps, args.warmup, args.iters = "test_cnn", 16, 8, 2, 1, 2
+    load_before = os.getloadavg()
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -146,9 +150,8 @@ def main() -> None:
         "step_seconds": {k: v for k, v in results.items()},
     }
     out["speedup"] = out["robustdx_images_per_s"] / out["baseline_authors_images_per_s"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k != "step_seconds"}, indent=2))
+    write_result(args, out, load_before)
 
 
 if __name__ == "__main__":

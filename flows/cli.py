@@ -86,6 +86,37 @@ def train(
     _train(config, set_ or [], dry_run, progress)
 
 
+def _synth_params(format_: str, per_class: int, size: int, seed: int) -> dict[str, Any]:
+    """The writer's arguments for the CLI's options (BUSI: ``per_class`` per class, half as many normals)."""
+    if format_ == "camelyon17":
+        return {"per_class": per_class, "size": size, "seed": seed}
+    return {
+        "n_benign": per_class,
+        "n_malignant": per_class,
+        "n_normal": max(2, per_class // 2),
+        "height": size,
+        "width": size * 4 // 3,
+        "seed": seed,
+    }
+
+
+def _ensure_synthetic(out: Path, format_: str, params: dict[str, Any], *, force: bool, rewrite_stale: bool) -> None:
+    from robustdx.core.data import synthetic
+
+    if format_ not in synthetic.DATA_FOLDERS:
+        _fail(ValueError(f"--format must be one of {', '.join(synthetic.DATA_FOLDERS)}, got {format_!r}"))
+    try:
+        with console.status(f"writing synthetic {format_} to {out}"):
+            done = synthetic.ensure(out, format_, force=force, rewrite_stale=rewrite_stale, **params)
+    except (DataError, FileExistsError) as err:
+        _fail(err)
+        return
+    if done == "reused":
+        console.print(f"{out} already holds this synthetic {format_} data set (same settings; --force rewrites it)")
+    else:
+        console.print(f"{done} {out / synthetic.DATA_FOLDERS[format_]}")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set into.")],
@@ -95,31 +126,16 @@ def data_synth(
     ] = 40,
     size: Annotated[int, typer.Option(min=16, max=512, help="Patch side (camelyon17) or image height (busi), pixels.")] = 96,
     seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same files).")] = 0,
-    force: Annotated[bool, typer.Option(help="Write even if the folder already holds a data set.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rewrite the folder's synthetic data set even if it was written with these settings.")
+    ] = False,
 ) -> None:
-    """Write a small synthetic data set in the WILDS Camelyon17 or BUSI on-disk format."""
-    from robustdx.core.data import synthetic
+    """Write a small synthetic data set in the WILDS Camelyon17 or BUSI on-disk format.
 
-    if format_ not in ("camelyon17", "busi"):
-        _fail(ValueError(f"--format must be 'camelyon17' or 'busi', got {format_!r}"))
-    marker = out / ("camelyon17_v1.0/metadata.csv" if format_ == "camelyon17" else "Dataset_BUSI_with_GT")
-    if marker.exists() and not force:
-        console.print(f"{out} already holds a {format_} data set (use --force to rewrite)")
-        return
-    with console.status(f"writing synthetic {format_} to {out}"):
-        if format_ == "camelyon17":
-            folder = synthetic.write_camelyon17(out, per_class=per_class, size=size, seed=seed)
-        else:
-            folder = synthetic.write_busi(
-                out,
-                n_benign=per_class,
-                n_malignant=per_class,
-                n_normal=max(2, per_class // 2),
-                height=size,
-                width=size * 4 // 3,
-                seed=seed,
-            )
-    console.print(f"wrote {folder}")
+    A set written with the same settings is kept; one written with other settings (or by an older
+    robustdx, or interrupted) is reported and left alone unless --force.
+    """
+    _ensure_synthetic(out, format_, _synth_params(format_, per_class, size, seed), force=force, rewrite_stale=False)
 
 
 @app.command()
@@ -202,8 +218,10 @@ def demo(
     as a Prefect flow, recorded in a local Prefect database you can browse in the Prefect UI afterwards."""
     import os
 
-    data_synth(out=data, format_="camelyon17", per_class=60, size=96, seed=0, force=False)
+    # a stale set (other settings, an older generator, an interrupted write) is rewritten, never trained on
+    _ensure_synthetic(data, "camelyon17", _synth_params("camelyon17", 60, 96, 0), force=False, rewrite_stale=True)
     runs = runs.resolve()
+    runs.mkdir(parents=True, exist_ok=True)  # Prefect creates PREFECT_HOME (runs/prefect) but not its parents
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if not os.environ.get("PREFECT_API_URL"):  # Prefect's temporary server, with its database kept in runs/prefect
@@ -231,6 +249,11 @@ def demo(
     _print_metrics(trained["metrics"])
     verdict, _, why = promotion["summary"].partition(": ")
     console.print(f"[{'green' if promotion['promoted'] else 'yellow'}]{verdict}[/] — {why}")
+    if not promotion["promoted"]:  # a rerun's candidate can lose to the model an earlier run promoted: say so
+        console.print(
+            f"[bold yellow]the model trained now is not served:[/] production keeps {promotion.get('production_tag')}, "
+            f"promoted by an earlier run (rm -r {runs / 'bentoml'} to start the store afresh)"
+        )
     best = ", ".join(f"{k}={v * 255:.0f}/255" if k == "eps" else f"{k}={v:.3g}" for k, v in sweep_out["best_params"].items())
     console.print(
         f"sweep:   {sweep_out['path']} (best {best}; score {sweep_out['best_score']:.4f})\n"

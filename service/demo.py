@@ -50,6 +50,20 @@ def demo_image(data_root: Path | None, size: int = 96) -> tuple[str, bytes]:
     return "synthetic_tumour.png", buf.getvalue()
 
 
+def rejection_note(home: Path, tag: str) -> str | None:
+    """A warning when the last promotion decision rejected its candidate, so the model an earlier run promoted
+    is never taken for the one just trained (None when the last decision promoted)."""
+    from robustdx.core.serving import read_audit
+
+    last = next((r for r in reversed(read_audit(home)) if r.get("action") in ("promoted", "rejected")), None)
+    if last is None or last["action"] != "rejected":
+        return None
+    return (
+        f"note: the last candidate ({last.get('bundle')}) was rejected by the promotion gates; "
+        f"{tag} is the model an earlier run promoted ({last.get('summary')})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Serve a bundle with BentoML, call /predict and /explain, stop.")
     ap.add_argument(
@@ -76,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"serving production model {tag} from BentoML home {home}")
+        note = rejection_note(home, tag)
+        if note:
+            print(note)
     eps = float(load_bundle_from_store(tag, home).config.eval_attack.eps)
     args.out.mkdir(parents=True, exist_ok=True)
     name, png = demo_image(args.data if args.data.exists() else None)

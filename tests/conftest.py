@@ -21,6 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``gpu`` tests where there is no CUDA device; run them where there is one.
+
+    A ``-m`` expression that names ``gpu`` (``make test-gpu``) selects them everywhere, so asking for
+    the GPU tests on a machine without CUDA fails loudly instead of passing by deselection."""
+    if torch.cuda.is_available() or "gpu" in (config.getoption("markexpr") or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
     """One thread: test tensors are tiny, and on a shared 2-core machine two threads mostly wait

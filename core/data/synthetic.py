@@ -11,11 +11,21 @@
   with a smooth dark lesion (benign) or an irregular one with an acoustic shadow (malignant).
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed writes the same bytes.
+Each writer ends by recording what it wrote (format, parameters, :data:`GENERATOR`) in
+``robustdx-synthetic.json`` beside the data (:func:`read_spec`), so a caller can tell a finished set
+written with the same settings (reuse it) from one written with other settings, by an older
+generator or interrupted half-way (rewrite it) — ``make demo`` must never train on stale data.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +34,72 @@ from PIL import Image
 EOSIN = np.array([0.93, 0.62, 0.78])
 HAEMATOXYLIN = np.array([0.30, 0.16, 0.50])
 TRAIN_CENTERS = (0, 3, 4)
+GENERATOR = 1
+"""Version of the drawing code: bump it when a change alters the bytes written for the same parameters."""
+SPEC_FILE = "robustdx-synthetic.json"
+DATA_FOLDERS = {"camelyon17": "camelyon17_v1.0", "busi": "Dataset_BUSI_with_GT"}
+"""The folder each format's writer fills under its root."""
+
+
+WRITERS: dict[str, Callable[..., Path]] = {}
+"""Format name -> writer (filled by :func:`_recorded`)."""
+
+
+def spec(format_: str, **params: Any) -> dict[str, Any]:
+    """The record the writer of ``format_`` leaves when called with ``params`` (its defaults filled in), to
+    compare with :func:`read_spec`."""
+    if format_ not in WRITERS:
+        raise ValueError(f"unknown synthetic format {format_!r}; valid: {', '.join(WRITERS)}")
+    bound = inspect.signature(WRITERS[format_]).bind(None, **params)
+    bound.apply_defaults()
+    args = {k: v for k, v in bound.arguments.items() if k != "root"}
+    return {"format": format_, "generator": GENERATOR, "params": dict(sorted(args.items()))}
+
+
+def _recorded(format_: str) -> Callable[[Callable[..., Path]], Callable[..., Path]]:
+    """Register a writer under ``format_`` and make it end by writing its spec (only a finished write has one)."""
+
+    def deco(fn: Callable[..., Path]) -> Callable[..., Path]:
+        @functools.wraps(fn)
+        def writer(root: Path | str, **params: Any) -> Path:
+            folder = fn(root, **params)
+            _write_spec(root, spec(format_, **params))
+            return folder
+
+        WRITERS[format_] = writer
+        return writer
+
+    return deco
+
+
+def read_spec(root: Path | str) -> dict[str, Any] | None:
+    """What the last *finished* write under ``root`` wrote, or None (nothing written, or not by robustdx)."""
+    path = Path(root) / SPEC_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_spec(root: Path | str, record: dict[str, Any]) -> None:
+    (Path(root) / SPEC_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def clear(root: Path | str, format_: str) -> None:
+    """Remove a synthetic set of ``format_`` under ``root`` (its data folder and spec) before a rewrite, so no
+    file of the old set survives; refuses a folder that robustdx did not write (real data is never deleted)."""
+    root = Path(root)
+    folder = root / DATA_FOLDERS[format_]
+    if folder.exists() and read_spec(root) is None and not _is_ours(folder):
+        raise FileExistsError(f"{folder} holds a data set robustdx did not write; refusing to delete it")
+    shutil.rmtree(folder, ignore_errors=True)
+    (root / SPEC_FILE).unlink(missing_ok=True)
+
+
+def _is_ours(folder: Path) -> bool:
+    """An interrupted synthetic write (no spec yet): the WILDS release note we write names robustdx."""
+    note = folder / "RELEASE_v1.0.txt"
+    return note.is_file() and note.read_text().startswith("robustdx synthetic")
 
 
 def hospital_stain(center: int, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -71,6 +147,7 @@ def _to_png(img: np.ndarray, path: Path) -> None:
     Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8), mode=mode).save(path)
 
 
+@_recorded("camelyon17")
 def write_camelyon17(
     root: Path | str,
     per_class: int = 40,
@@ -146,6 +223,7 @@ def ultrasound_image(
     return np.clip(img * speckle / 0.44, 0, 1), masks
 
 
+@_recorded("busi")
 def write_busi(
     root: Path | str,
     n_benign: int = 30,
@@ -166,3 +244,43 @@ def write_busi(
             for j, m in enumerate(masks or [np.zeros((height, width), np.float32)]):
                 _to_png(m, folder / kind / (f"{stem}_mask.png" if j == 0 else f"{stem}_mask_{j}.png"))
     return folder
+
+
+def _difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """Why ``old`` (a :func:`read_spec` record) is not the set ``new`` asks for, in words."""
+    if old is None:
+        return "it has no robustdx-synthetic.json (written by an interrupted run or by something else)"
+    if old.get("format") != new["format"]:
+        return f"it is a {old.get('format')} set"
+    if old.get("generator") != new["generator"]:
+        return f"an older generator wrote it (version {old.get('generator')}, now {new['generator']})"
+    changed = [f"{k}={old['params'].get(k)!r} (asked: {v!r})" for k, v in new["params"].items() if old["params"].get(k) != v]
+    return "it was written with " + ", ".join(changed)
+
+
+def ensure(root: Path | str, format_: str, *, force: bool = False, rewrite_stale: bool = False, **params: Any) -> str:
+    """Make ``root`` hold a synthetic ``format_`` set written with ``params``; return what was done.
+
+    ``"reused"`` when a finished set with the same spec is there (unless ``force``); ``"written"`` into an
+    empty folder; ``"rewritten"`` after :func:`clear` when ``force``, or when the set there is stale (other
+    parameters, an older :data:`GENERATOR`, an interrupted write) and ``rewrite_stale``.
+
+    Raises:
+        DataError: a stale set is there and neither flag allows a rewrite (the message says what differs).
+        FileExistsError: the folder holds data robustdx did not write (never deleted).
+    """
+    from robustdx.core.errors import DataError
+
+    root = Path(root)
+    want = spec(format_, **params)
+    old = read_spec(root)
+    folder = root / DATA_FOLDERS[format_]
+    present = folder.exists() or old is not None
+    if old == want and folder.is_dir() and not force:
+        return "reused"
+    if present and not (force or rewrite_stale):
+        raise DataError(f"{root} already holds a different synthetic data set: {_difference(old, want)}; --force rewrites it")
+    if present:
+        clear(root, format_)
+    WRITERS[format_](root, **params)
+    return "rewritten" if present else "written"

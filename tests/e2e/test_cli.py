@@ -32,8 +32,12 @@ def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
     out = robustdx("data", "synth", "--out", str(data), "--per-class", "12", "--size", "32")
     assert out.returncode == 0, out.stderr
     assert (data / "camelyon17_v1.0" / "metadata.csv").is_file()
-    again = robustdx("data", "synth", "--out", str(data))
-    assert "already holds" in again.stdout
+    again = robustdx("data", "synth", "--out", str(data), "--per-class", "12", "--size", "32")
+    assert again.returncode == 0 and "already holds this synthetic" in again.stdout
+    other = robustdx("data", "synth", "--out", str(data))  # other settings: reported, left alone
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "per_class=12" in other.stderr and "--force" in other.stderr
+    assert len(list(data.rglob("*.png"))) == 5 * 2 * 12
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw(data, tmp_path / "runs", name="cli")))

@@ -20,8 +20,23 @@ from robustdx.core.bundle import load_bundle
 from robustdx.core.config import ConfigError, Recipe, parse_config
 from robustdx.core.recipes import RECIPES, has_classifier, run_recipe
 from tests.conftest import tiny_raw
+from tests.support.activations import training_conv_activations
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpu_training_runs_fp32_in_the_configured_memory_format(channels_last: bool, camelyon_root: Path, tmp_path: Path) -> None:
+    """The CPU half of the fast-path check (tests/integration/test_gpu.py does CUDA): no autocast on the CPU
+    (no bf16 units here), and ``channels_last`` reaches the activations exactly when configured."""
+    raw = tiny_raw(camelyon_root, tmp_path, recipe="adv_ce", device="cpu", channels_last=channels_last)
+    raw["data"]["image_size"] = 32
+    raw["pretrain"]["epochs"] = 1
+    with training_conv_activations() as seen:
+        run_recipe(parse_config(raw))
+    assert seen
+    assert {a.dtype for a in seen} == {torch.float32}
+    assert {a.channels_last for a in seen} == {channels_last}
 
 
 @pytest.mark.parametrize("recipe", [r.value for r in Recipe])

@@ -1,0 +1,142 @@
+"""Render the README's measured figures from the committed artifacts that hold them.
+
+No figure in the README is typed by hand: each lives between ``<!-- figure:NAME -->`` and
+``<!-- /figure -->`` and is rendered here from an artifact that a script rewrites —
+``docs/timings.json`` (``make timings``: a fresh-clone run of both README commands) and
+``benchmarks/results/*.json`` (the benchmark scripts). Every figure names the commit it measured.
+
+    python docs/figures.py           # rewrite the README's figure blocks
+    python docs/figures.py --check   # exit 1 when the README differs from its artifacts (make test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+TIMINGS = REPO / "docs" / "timings.json"
+RESULTS = REPO / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- figure:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figure -->)", re.S)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _commit(data: dict[str, Any]) -> str:
+    commit = str(data.get("commit") or "")
+    return f"commit `{commit[:10]}{'+dirty' if commit.endswith('+dirty') else ''}`" if commit else "commit not recorded"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def timings() -> str:
+    t = _load(TIMINGS)
+    if t is None:
+        return "Not measured yet: `make timings` writes `docs/timings.json`."
+    tests = t["tests"]
+    return (
+        f"Measured by `make timings` ({_commit(t)}, {t['date'][:10]}) from a fresh clone on {t['machine']['cpu_count']} "
+        f"CPU cores, load average {t['machine']['loadavg_before'][0]:.1f} at the start: creating `.venv` "
+        f"{_minutes(t['seconds']['venv'])}, `make demo` {_minutes(t['seconds']['demo'])}, `make test` "
+        f"{_minutes(t['seconds']['test'])} ({tests['passed']} passed, {tests['skipped']} skipped, "
+        f"{tests['deselected']} deselected, {tests['failed']} failed)."
+    )
+
+
+def _legacy_headline(name: str, d: dict[str, Any]) -> dict[str, Any] | None:
+    """Headline of a result written before the benchmarks recorded one (kept until they are rerun)."""
+    if name == "train_throughput":
+        return {
+            "what": "adversarial-SupCon training step, images/s",
+            "ratio": d["speedup"],
+            "baseline": "re-implementation of the authors' loop",
+            "goal": ">= 2x",
+            "met": d["speedup"] >= 2,
+        }
+    if name == "ig_latency":
+        return {
+            "what": "Integrated Gradients, s/image",
+            "ratio": d["speedup"],
+            "baseline": "captum, 50 Gauss-Legendre steps, one call per image",
+            "goal": ">= 3x, every image within 1% completeness",
+            "met": bool(d["goal"]["met"]),
+        }
+    if name == "asha_vs_full":
+        r = d["ratios_asha_over_full"]
+        return {
+            "what": f"ASHA / every trial to the end: trial-epochs {r['total_trial_epochs']:.2f}x, wall time",
+            "ratio": r["wall_seconds"],
+            "baseline": "FIFO (same seeded configurations)",
+            "goal": f"same best score (ratio {r['best_score']:.2f})",
+            "met": r["best_score"] >= 1.0,
+        }
+    if name == "serve_load":
+        return {
+            "what": "/predict throughput, adaptive batching",
+            "ratio": d["speedup_throughput"],
+            "baseline": "batching off",
+            "goal": ">= 3x",
+            "met": bool(d["goals"]["speedup_ge_3"]),
+        }
+    return None
+
+
+def benchmarks() -> str:
+    lines = []
+    for path in sorted(RESULTS.glob("*.json")):
+        d = json.loads(path.read_text())
+        h = d.get("headline") or _legacy_headline(path.stem, d)
+        if h is None:
+            continue
+        verdict = "met" if h["met"] else "**missed**"
+        lines.append(
+            f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: **{h['ratio']:.2f}x** against {h['baseline']}; "
+            f"goal {h['goal']}: {verdict}."
+        )
+    return "\n".join(lines) or "No results committed."
+
+
+FIGURES: dict[str, Callable[[], str]] = {"timings": timings, "benchmarks": benchmarks}
+
+
+def render(text: str) -> str:
+    """``text`` with every figure block re-rendered; an unknown block name is an error."""
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in FIGURES:
+            raise KeyError(f"README figure {name!r} has no renderer in docs/figures.py (known: {', '.join(FIGURES)})")
+        body = FIGURES[name]()
+        sep = "\n" if "\n" in m.group("body") else ""
+        return f"{m.group(1)}{sep}{body}{sep}{m.group(4)}"
+
+    return BLOCK.sub(one, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README's figures differ from their artifacts")
+    args = ap.parse_args(argv)
+    text = README.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README figures are stale: run `python docs/figures.py` (or `make timings`)", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

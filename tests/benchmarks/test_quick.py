@@ -1,0 +1,89 @@
+"""Every benchmark script runs its real code path in ``--quick`` mode, so none can rot between real runs.
+
+Each script is run as a user runs it (``python benchmarks/NAME.py --quick``) into a temporary JSON; the
+test checks that the result carries the measured numbers and the provenance every result must have
+(commit, machine, load average), and that ``--quick`` never writes over the committed results.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustdx.core.data.synthetic import histology_patch
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BENCH = REPO / "benchmarks"
+
+
+def run_quick(script: str, out: Path, *extra: str, timeout: float = 600) -> dict:
+    committed = BENCH / "results" / f"{script}.json"
+    before = committed.read_bytes() if committed.exists() else None
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{script}.py"), "--quick", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (committed.read_bytes() if committed.exists() else None) == before, "--quick wrote over a committed result"
+    result = json.loads(out.read_text())
+    assert result["quick"] is True
+    assert len(result["commit"].split("+")[0]) == 40
+    assert result["machine"]["cpu_count"] >= 1
+    assert len(result["loadavg_before"]) == 3 and len(result["loadavg_after"]) == 3
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_pcam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PCam-layout ImageFolder (train/valid x 0/1, JPEG) of synthetic 32 px patches."""
+    root = tmp_path_factory.mktemp("pcam")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("valid", 8)):
+        for label in (0, 1):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = (histology_patch(rng, bool(label), 32) * 255).round().astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_train_throughput_quick(tmp_path: Path) -> None:
+    r = run_quick("train_throughput", tmp_path / "r.json")
+    assert r["settings"]["arch"] == "test_cnn"
+    assert r["robustdx_images_per_s"] > 0 and r["baseline_authors_images_per_s"] > 0
+    assert r["speedup"] == pytest.approx(r["robustdx_images_per_s"] / r["baseline_authors_images_per_s"])
+
+
+def test_ig_latency_quick(tmp_path: Path, tiny_pcam: Path) -> None:
+    r = run_quick("ig_latency", tmp_path / "r.json", "--data", str(tiny_pcam), "--runs", str(tmp_path / "runs"))
+    assert r["settings"]["images"] == 2
+    for side in ("captum_default", "robustdx_fast"):
+        assert r[side]["seconds_per_image"] > 0 and len(r[side]["rel_errors"]) == 2
+    assert 0 <= r["fidelity"]["robustdx_fast"]["rel_l2_mean"] < 10
+
+
+def test_asha_vs_full_quick(tmp_path: Path) -> None:
+    r = run_quick("asha_vs_full", tmp_path / "r.json", "--storage", str(tmp_path / "sweeps"))
+    assert r["same_configurations"] is True
+    assert r["asha"]["total_trial_epochs"] <= r["full"]["total_trial_epochs"]
+    assert len(r["full"]["trials"]) == 2
+
+
+def test_serve_load_quick(tmp_path: Path) -> None:
+    r = run_quick("serve_load", tmp_path / "r.json")
+    for side in ("batching", "no_batching"):
+        assert r[side]["status_codes"] == {"200": r[side]["requests"]}
+        assert r[side]["throughput_rps"] > 0
+    assert r["batching"]["rss_before_mb"] > 0

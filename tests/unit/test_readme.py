@@ -1,0 +1,60 @@
+"""The README's figures are rendered from committed artifacts, never typed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+
+def _figures():
+    spec = importlib.util.spec_from_file_location("figures", REPO / "docs" / "figures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_figures_match_their_artifacts() -> None:
+    figures = _figures()
+    assert figures.main(["--check"]) == 0, "run `python docs/figures.py` after changing a result or docs/timings.json"
+
+
+def test_no_measurement_is_typed_outside_a_figure_block() -> None:
+    text = _figures().BLOCK.sub("", (REPO / "README.md").read_text())
+    typed = re.findall(r"[^.\n]*\bmeasured\b[^.\n]*\d[^.\n]*", text, flags=re.I)
+    assert not typed, f"measured figures outside <!-- figure:... --> blocks: {typed}"
+
+
+def test_every_benchmark_result_is_rendered_with_its_commit(tmp_path: Path) -> None:
+    figures = _figures()
+    text = figures.benchmarks()
+    for path in (REPO / "benchmarks" / "results").glob("*.json"):
+        assert f"`benchmarks/results/{path.name}`" in text
+    figures.TIMINGS = tmp_path / "timings.json"
+    assert "Not measured yet" in figures.timings()
+    figures.TIMINGS.write_text(
+        json.dumps(
+            {
+                "commit": "0123456789abcdef0123456789abcdef01234567",
+                "date": "2026-11-30T12:00:00+00:00",
+                "seconds": {"venv": 150.0, "demo": 170.0, "test": 1230.0},
+                "tests": {"collected": 700, "passed": 698, "failed": 0, "skipped": 2, "deselected": 2},
+                "machine": {"cpu_count": 2, "loadavg_before": [0.5, 0.4, 0.3], "loadavg_after": [1.9, 1.8, 1.5]},
+            }
+        )
+    )
+    line = figures.timings()
+    assert "commit `0123456789`" in line and "`make test` 20.5 min (698 passed, 2 skipped" in line
+
+
+def test_an_unknown_figure_block_is_an_error() -> None:
+    with pytest.raises(KeyError, match="no renderer"):
+        _figures().render("<!-- figure:nonsense -->x<!-- /figure -->")
