@@ -31,7 +31,7 @@ from typing import Any
 from harness import add_common_args, write_result
 
 from robustdx.core.data import synthetic
-from robustdx.flows.tune import SweepResult, load_sweep, run_sweep
+from robustdx.flows.tune.driver import SweepResult, load_sweep, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -42,7 +42,7 @@ from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data import balanced_indices
 from robustdx.core.data.pcam import image_folder
 from robustdx.core.data.transforms import eval_transform
-from robustdx.core.explain import Attribution, fast_integrated_gradients, integrated_gradients
+from robustdx.core.explain.ig import Attribution, fast_integrated_gradients, integrated_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 PCAM = REPO.parent / "shared" / "data" / "pcam"
@@ -99,7 +99,7 @@ def bench_config(root: Path, output_dir: Path, quick: bool = False) -> RunConfig
 
 def trained_model(cfg: RunConfig) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or resume / reuse) the run and return its bundled model and test metrics."""
-    from robustdx.core.recipes import run_recipe
+    from robustdx.core.training.recipes import run_recipe
 
     t = time.perf_counter()
     result = run_recipe(cfg, log=lambda m: print(f"[train] {m}", file=sys.stderr))

@@ -39,11 +39,11 @@ import torch
 from harness import add_common_args, write_result
 from PIL import Image
 
-from robustdx.core.bundle import save_bundle
 from robustdx.core.config import parse_config
 from robustdx.core.data.synthetic import apply_stain, histology_patch, hospital_stain
 from robustdx.core.models import build_model
-from robustdx.core.serving import write_production
+from robustdx.core.release.bundle import save_bundle
+from robustdx.core.release.pointer import write_production
 from robustdx.service.local import LocalServer as Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         home = Path(tmp) / "bentoml"
         os.environ["BENTOML_HOME"] = str(home)  # this process too: BentoML reads its home once
-        from robustdx.core.modelstore import save_bundle_to_store
+        from robustdx.core.release.store import save_bundle_to_store
 
         bundle = args.bundle or make_bundle(Path(tmp) / "bundle", args.arch, args.size)
         tag = save_bundle_to_store(bundle, home)

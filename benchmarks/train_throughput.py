@@ -32,7 +32,7 @@ from harness import add_common_args, write_result
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
 from robustdx.core.losses import supcon_loss
 from robustdx.core.models import build_model
-from robustdx.core.train import StepContext, create_strategy, resolve_device
+from robustdx.core.training.trainer import StepContext, create_strategy, resolve_device
 
 
 def authors_step(model, opt, views: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float) -> None:
@@ -60,7 +60,7 @@ def authors_step(model, opt, views: torch.Tensor, y: torch.Tensor, eps: float, a
 
 
 def robustdx_step(model, opt, strategy, ctx: StepContext, views: torch.Tensor, y: torch.Tensor) -> None:
-    """One step exactly as :class:`robustdx.core.train.Trainer` performs it."""
+    """One step exactly as :class:`robustdx.core.training.trainer.Trainer` performs it."""
     strategy.train_mode(model)
     loss = strategy.loss(model, views, y, True, ctx)
     opt.zero_grad(set_to_none=True)

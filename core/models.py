@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from robustdx.core.config import ModelConfig
 from robustdx.core.registry import Registry
+
+if TYPE_CHECKING:  # the config validates arch names against this module's registry: no import back at run time
+    from robustdx.core.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +116,7 @@ class RobustDxNet(nn.Module):
     ``embed`` the encoder features, ``project`` the L2-normalised SupCon projection.
 
     Example:
+        >>> from robustdx.core.config import ModelConfig
         >>> net = build_model(ModelConfig(arch="test_cnn"))
         >>> net(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 2])

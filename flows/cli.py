@@ -39,7 +39,7 @@ def _fail(err: Exception) -> None:
 
 
 def _train(config: Path, overrides: list[str], dry_run: bool, progress: bool) -> None:
-    from robustdx.core.recipes import run_recipe
+    from robustdx.core.training.recipes import run_recipe
 
     try:
         cfg = load_config(config, overrides)
@@ -144,7 +144,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Verify a model bundle (SHA-256 of every file, architecture) and show what it holds."""
-    from robustdx.core.bundle import load_bundle
+    from robustdx.core.release.bundle import load_bundle
 
     try:
         b = load_bundle(bundle)
@@ -194,7 +194,7 @@ def experiment(
                 f"{', '.join(cells)}\nreport: {exp.output_dir / exp.name}"
             )
             return
-        from robustdx.core.experiment import run_experiment
+        from robustdx.core.evaluation.experiment import run_experiment
 
         report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"))
     except (ConfigError, DataError, BundleError) as err:
@@ -277,7 +277,7 @@ def sweep(ctx: typer.Context) -> None:
 
     Same as `python -m robustdx.flows.tune ...`, which `ray job submit` sends to a cluster.
     """
-    from robustdx.flows import tune
+    from robustdx.flows.tune import driver as tune
 
     raise typer.Exit(tune.main(ctx.args, prog="robustdx sweep"))
 
@@ -288,8 +288,8 @@ HomeOpt = Annotated[
 
 
 def _scores_table(ev: Any) -> Table:
-    """Candidate vs serving model, from a :class:`robustdx.flows.promote.Evaluation`."""
-    from robustdx.flows.promote import score_rows
+    """Candidate vs serving model, from a :class:`robustdx.flows.release.Evaluation`."""
+    from robustdx.flows.release import score_rows
 
     tag = ev.production_tag
     table = Table(title=f"validation at ε = {ev.eps * 255:.1f}/255")
@@ -309,7 +309,7 @@ def evaluate(
     n_attr: Annotated[int, typer.Option(min=0, help="Validation images explained with IG (0: skip).")] = 16,
 ) -> None:
     """Score a bundle and the serving model side by side on validation (clean, PGD at the serving ε, attribution)."""
-    from robustdx.flows.promote import EvaluationSettings, evaluate_against_production
+    from robustdx.flows.release import EvaluationSettings, evaluate_against_production
 
     try:
         ev = evaluate_against_production(bundle, home, EvaluationSettings(n_robust=n_robust, n_attr=n_attr))
@@ -334,8 +334,8 @@ def promote(
 ) -> None:
     """Promote a bundle into the BentoML store if it is not worse than the serving model (clean, robust and
     attribution gates), or roll production back. Exit code 1 when the gates reject the candidate."""
-    from robustdx.core.promotion import GateConfig
-    from robustdx.flows import promote as promotion
+    from robustdx.core.release.gates import GateConfig
+    from robustdx.flows import release as promotion
 
     rejected: str | None = None
     try:

@@ -692,7 +692,7 @@ def prepare_data(sweep: Path, run_set: Sequence[str], data: Path | None, repo: P
     synthesised (as ``robustdx demo`` does); any other missing data set is an error naming the folder.
     """
     from robustdx.core.errors import ConfigError
-    from robustdx.flows.tune import load_sweep
+    from robustdx.flows.tune.driver import load_sweep
 
     overrides = [*run_set, *([f"data.root={data}"] if data else [])]
     try:
@@ -982,7 +982,7 @@ def first_model(plan: StackPlan, deploy: Proc, timeout: float) -> None:
     Raises:
         StackError: the run did not complete, promoted nothing, or the deployments' process died.
     """
-    from robustdx.core.serving import read_production
+    from robustdx.core.release.pointer import read_production
 
     if read_production(plan.home) is not None:
         return

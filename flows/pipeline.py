@@ -5,7 +5,7 @@
 * ``evaluate_flow`` — a bundle against the serving model on validation (clean, robust at the
   serving ε, attribution), cached on (bundle hash, serving tag, settings): the scores are
   deterministic given those;
-* ``promote_flow`` — :func:`robustdx.flows.promote.promote` (gates, store, pointer, audit), then
+* ``promote_flow`` — :func:`robustdx.flows.release.promote` (gates, store, pointer, audit), then
   optionally asks the running service to reload;
 * ``rollback_flow`` — production back to the previous tag;
 * ``retrain_flow`` — sweep → train the best configuration in full → promote (which evaluates).
@@ -33,15 +33,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from robustdx.core import serving
-from robustdx.core.bundle import WEIGHTS, verify_bundle
 from robustdx.core.config import RunConfig, apply_overrides, load_config, parse_config
 from robustdx.core.errors import BundleError, ConfigError, DataError
-from robustdx.core.promotion import GateConfig
-from robustdx.core.report import markdown_table
-from robustdx.core.scoring import SCORE_KEYS
+from robustdx.core.evaluation.report import markdown_table
+from robustdx.core.evaluation.scoring import SCORE_KEYS
+from robustdx.core.release.bundle import WEIGHTS, verify_bundle
+from robustdx.core.release.gates import GateConfig
+from robustdx.core.release.pointer import read_production
 from robustdx.flows import metrics as flow_metrics
-from robustdx.flows import promote as promotion
+from robustdx.flows import release as promotion
 
 PERMANENT_ERRORS = (ConfigError, DataError, BundleError, ValueError, TypeError, KeyError, FileNotFoundError)
 
@@ -124,7 +124,7 @@ def _pushed(flow_name: str, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def train_task(cfg: RunConfig) -> dict[str, Any]:
     """Train (or resume) ``cfg``; returns where the bundle and report are and the test metrics."""
-    from robustdx.core.recipes import run_recipe
+    from robustdx.core.training.recipes import run_recipe
 
     logger = get_run_logger()
     result = run_recipe(cfg.model_copy(update={"progress": False}), log=logger.info)
@@ -136,7 +136,7 @@ def train_task(cfg: RunConfig) -> dict[str, Any]:
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def sweep_task(params: SweepParams) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the best configuration and the trial table."""
-    from robustdx.flows import tune
+    from robustdx.flows.tune import driver as tune
 
     cfg, _base = tune.load_sweep(params.config, params.overrides, params.run_overrides)
     update: dict[str, Any] = {}
@@ -166,7 +166,7 @@ def sweep_task(params: SweepParams) -> dict[str, Any]:
 def _evaluation_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache key: the bundle's weights hash, the serving tag and the settings — all the scores depend on."""
     home = parameters.get("home")
-    pointer = serving.read_production(home)
+    pointer = read_production(home)
     manifest = verify_bundle(parameters["bundle"])
     settings: promotion.EvaluationSettings = parameters["settings"]
     parts = [manifest["files"][WEIGHTS]["sha256"], pointer.tag if pointer else "-", settings.model_dump_json()]

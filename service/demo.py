@@ -53,7 +53,7 @@ def demo_image(data_root: Path | None, size: int = 96) -> tuple[str, bytes]:
 def rejection_note(home: Path, tag: str) -> str | None:
     """A warning when the last promotion decision rejected its candidate, so the model an earlier run promoted
     is never taken for the one just trained (None when the last decision promoted)."""
-    from robustdx.core.serving import read_audit
+    from robustdx.core.release.pointer import read_audit
 
     last = next((r for r in reversed(read_audit(home)) if r.get("action") in ("promoted", "rejected")), None)
     if last is None or last["action"] != "rejected":
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-seconds", type=float, default=0.0, help="Keep the service up this long before stopping.")
     args = ap.parse_args(argv)
 
-    from robustdx.core.modelstore import load_bundle_from_store, save_bundle_to_store
-    from robustdx.core.serving import bentoml_home, resolve_tag, write_production
+    from robustdx.core.release.pointer import bentoml_home, resolve_tag, write_production
+    from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
     from robustdx.service.local import LocalServer
 
     home = bentoml_home()

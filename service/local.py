@@ -1,6 +1,6 @@
 """Run the service locally as ``bentoml serve`` on a free 127.0.0.1 port (tests, benchmark, demo).
 
-:class:`LocalServer` starts ``bentoml serve robustdx.service.service:RobustDx`` in its own process
+:class:`LocalServer` starts ``bentoml serve robustdx.service.app:RobustDx`` in its own process
 group with the given environment (``BENTOML_HOME`` and ``ROBUSTDX_*`` settings), waits for ``/readyz``
 and always stops the whole group on exit; the server's log goes to a file whose tail is attached to
 any start-up failure.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-SERVICE = "robustdx.service.service:RobustDx"
+SERVICE = "robustdx.service.app:RobustDx"
 
 
 def free_port() -> int:

@@ -324,9 +324,9 @@ def monitoring_tools() -> Tools:
 def model_home(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BentoML home with one tiny trained model promoted to production."""
     from robustdx.core.config import parse_config
-    from robustdx.core.modelstore import save_bundle_to_store
-    from robustdx.core.recipes import run_recipe
-    from robustdx.core.serving import write_production
+    from robustdx.core.release.pointer import write_production
+    from robustdx.core.release.store import save_bundle_to_store
+    from robustdx.core.training.recipes import run_recipe
     from tests.conftest import tiny_raw
 
     home = tmp_path_factory.mktemp("stack_bentoml_home")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from robustdx.core import serving
+from robustdx.core import contracts
 from robustdx.flows.alerts import DEFAULT_PORT
 from tests.deploy.dockerfile import parse
 from tests.deploy.stack import ALERTMANAGER_YML, BIN, DEPLOY, PROMETHEUS_DIR, REPO, load_yaml
@@ -165,7 +165,7 @@ def test_ports_agree_with_the_code() -> None:
     assert env("alert-receiver")["ROBUSTDX_ALERTS_PORT"] == str(DEFAULT_PORT)
     assert "3001:3000" in SERVICES["grafana"]["ports"]
     assert {"8265:8265", "10001:10001"} <= {str(p) for p in SERVICES["ray-head"]["ports"]}
-    assert env("prefect-worker")[serving.ENV_PUSHGATEWAY] == "pushgateway:9091"
+    assert env("prefect-worker")[contracts.ENV_PUSHGATEWAY] == "pushgateway:9091"
 
 
 def test_scripts_used_by_compose_exist() -> None:
@@ -234,7 +234,7 @@ GRAFANA_ENV = {
 def test_environment_variable_is_read_by_something(key: str, value: str) -> None:
     scripts = "\n".join(p.read_text() for p in [*BIN.glob("*.sh"), REPO / "prefect.yaml"])
     if key.startswith("ROBUSTDX_"):
-        assert key in scripts or _mentioned(key, OURS) or key in vars(serving).values(), f"nothing reads {key}"
+        assert key in scripts or _mentioned(key, OURS) or key in vars(contracts).values(), f"nothing reads {key}"
     elif key.startswith("PREFECT_"):
         assert key in scripts or _is_prefect_setting(key, value), f"{key} is neither a Prefect setting nor read by deploy/bin"
     elif key.startswith("BENTOML_"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustdx.core.serving import append_audit, read_production
+from robustdx.core.release.pointer import append_audit, read_production
 from robustdx.service.demo import rejection_note
 from tests.conftest import REPO
 

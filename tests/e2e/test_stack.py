@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from robustdx.core.serving import read_production
+from robustdx.core.release.pointer import read_production
 from robustdx.flows.localstack import (
     DEPLOYMENTS,
     UI_DEPLOYMENTS,

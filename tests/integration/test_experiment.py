@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from robustdx.core.config import load_experiment
-from robustdx.core.experiment import run_experiment
+from robustdx.core.evaluation.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 pytestmark = pytest.mark.integration

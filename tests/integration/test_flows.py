@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from robustdx.core import serving
-from robustdx.core.modelstore import list_models
-from robustdx.core.promotion import GateConfig
+from robustdx.core.release.gates import GateConfig
+from robustdx.core.release.pointer import read_production
+from robustdx.core.release.store import list_models
 from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
-from robustdx.flows.promote import EvaluationSettings
+from robustdx.flows.release import EvaluationSettings
 from tests.conftest import write_tiny_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,7 +58,7 @@ def test_retrain_flow_sweeps_trains_and_promotes(sweep_file: Path, tmp_path: Pat
     assert sweep["best_params"]["eps"] in (2 / 255, 4 / 255)
     assert Path(trained["bundle"], "manifest.json").is_file() and Path(trained["report"]).is_file()
     assert promotion["promoted"], promotion["summary"]
-    assert serving.read_production(home).tag == promotion["tag"]
+    assert read_production(home).tag == promotion["tag"]
     assert promotion["production"] is None  # first model: only the floors applied
 
     keys = asyncio.run(_artifact_keys())
@@ -77,5 +77,5 @@ def test_retrain_flow_sweeps_trains_and_promotes(sweep_file: Path, tmp_path: Pat
     strict = params.model_copy(update={"gates": GateConfig(min_robust_acc=1.0)})
     rejected = retrain_flow(strict)["promotion"]
     assert not rejected["promoted"] and "robust_acc" in rejected["summary"] and "floor 1" in rejected["summary"]
-    assert serving.read_production(home).tag == again["promotion"]["tag"]
+    assert read_production(home).tag == again["promotion"]["tag"]
     assert len(list_models(home)) == 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustdx.core.config import parse_config
-from robustdx.core.recipes import run_recipe
+from robustdx.core.training.recipes import run_recipe
 from tests.conftest import tiny_raw
 from tests.support.activations import training_conv_activations
 

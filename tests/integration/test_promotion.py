@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from robustdx.core import serving
-from robustdx.core.bundle import verify_bundle
 from robustdx.core.config import parse_config
 from robustdx.core.errors import BundleError
-from robustdx.core.modelstore import list_models, model_path
-from robustdx.core.recipes import run_recipe
-from robustdx.flows.promote import EvaluationSettings, evaluate_against_production, promote, rollback
+from robustdx.core.release.bundle import verify_bundle
+from robustdx.core.release.pointer import read_audit, read_production
+from robustdx.core.release.store import list_models, model_path
+from robustdx.core.training.recipes import run_recipe
+from robustdx.flows.release import EvaluationSettings, evaluate_against_production, promote, rollback
 from tests.conftest import learnable_raw
 
 pytestmark = [pytest.mark.integration]
@@ -46,7 +46,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_gates_both_ways_and_rollback(bundles: dict[str, str], home: Path) -> None:
     first = promote(bundles["worse"], settings=FAST, home=home)  # empty store: only the (zero) floors apply
     assert first.decision.promote and first.previous is None
-    assert serving.read_production(home).tag == first.tag
+    assert read_production(home).tag == first.tag
 
     better = promote(bundles["good"], settings=FAST, home=home)
     assert better.decision.promote, better.decision.summary
@@ -58,14 +58,14 @@ def test_gates_both_ways_and_rollback(bundles: dict[str, str], home: Path) -> No
     rejected = promote(bundles["worse"], settings=FAST, home=home)
     assert not rejected.decision.promote and rejected.tag is None
     assert any(r.startswith("clean_acc") for r in rejected.decision.reasons), rejected.decision.summary
-    assert serving.read_production(home).tag == better.tag  # production untouched
+    assert read_production(home).tag == better.tag  # production untouched
     assert len(list_models(home)) == 2  # a rejected candidate is not stored
 
     back = rollback(home)
     assert back.tag == first.tag and back.previous == better.tag
-    actions = [r["action"] for r in serving.read_audit(home)]
+    actions = [r["action"] for r in read_audit(home)]
     assert actions == ["promoted", "promoted", "rejected", "rolled_back"]
-    assert "clean_acc" in serving.read_audit(home)[2]["summary"]
+    assert "clean_acc" in read_audit(home)[2]["summary"]
 
 
 def test_rollback_refuses_a_tampered_previous_bundle(bundles: dict[str, str], home: Path) -> None:
@@ -75,7 +75,7 @@ def test_rollback_refuses_a_tampered_previous_bundle(bundles: dict[str, str], ho
     metrics.write_text(metrics.read_text().replace('"acc"', '"acd"', 1))
     with pytest.raises(BundleError):
         rollback(home)
-    assert serving.read_production(home).tag == b.tag
+    assert read_production(home).tag == b.tag
 
 
 def test_rollback_with_nothing_to_roll_back_to(home: Path) -> None:
@@ -106,11 +106,11 @@ def test_two_promotions_at_once_do_not_corrupt_the_store(bundles: dict[str, str]
     assert all(r["promoted"] for r in results)  # the same model matches itself
     first, second = sorted(results, key=lambda r: r["production_tag"] is not None)
     assert first["production_tag"] is None and second["production_tag"] == first["tag"]  # serialised
-    pointer = serving.read_production(home)
+    pointer = read_production(home)
     assert pointer.tag == second["tag"] and pointer.previous == first["tag"]
     for model in list_models(home):
         verify_bundle(model.path)
-    assert [r["action"] for r in serving.read_audit(home)] == ["promoted", "promoted"]
+    assert [r["action"] for r in read_audit(home)] == ["promoted", "promoted"]
 
 
 def test_promote_flow_records_the_decision(bundles: dict[str, str], home: Path, prefect_server: str) -> None:

@@ -23,8 +23,9 @@ import pytest
 from PIL import Image
 
 from robustdx.core.config import parse_config
-from robustdx.core.recipes import run_recipe
-from robustdx.core.serving import METRICS, PointerError, pointer_path, read_production, resolve_tag, write_production
+from robustdx.core.contracts import METRICS
+from robustdx.core.release.pointer import PointerError, pointer_path, read_production, resolve_tag, write_production
+from robustdx.core.training.recipes import run_recipe
 from tests.conftest import tiny_raw
 from tests.deploy.stack import stain_patch
 from tests.integration.service_harness import Server, png_bytes
@@ -46,7 +47,7 @@ def store(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     with pytest.MonkeyPatch.context() as mp:  # BentoML reads its home once per process: never the user's ~/bentoml
         mp.setenv("BENTOML_HOME", str(home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "True")
-        from robustdx.core.modelstore import model_path, save_bundle_to_store
+        from robustdx.core.release.store import model_path, save_bundle_to_store
 
         a = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_a", seed=0)))
         b = run_recipe(parse_config(tiny_raw(camelyon_root, runs, name="svc_b", seed=1)))

@@ -16,9 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from robustdx.core.bundle import load_bundle
 from robustdx.core.config import ConfigError, Recipe, parse_config
-from robustdx.core.recipes import RECIPES, has_classifier, run_recipe
+from robustdx.core.release.bundle import load_bundle
+from robustdx.core.training.recipes import RECIPES, has_classifier, run_recipe
 from tests.conftest import tiny_raw
 from tests.support.activations import training_conv_activations
 

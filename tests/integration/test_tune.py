@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from robustdx.core.config import load_config
-from robustdx.flows.tune import SweepConfig, load_sweep, run_sweep
+from robustdx.flows.tune.driver import SweepConfig, load_sweep, run_sweep
 from tests.conftest import REPO, tiny_raw
 
 pytestmark = pytest.mark.integration

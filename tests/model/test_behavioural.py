@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from robustdx.core.config import parse_config
-from robustdx.core.recipes import run_recipe
+from robustdx.core.training.recipes import run_recipe
 from tests.conftest import synthetic_camelyon, tiny_raw
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from robustdx.core.attacks import attack_ce, attack_supcon, frozen_eval
+from robustdx.core.attacks.pgd import attack_ce, attack_supcon, frozen_eval
 from robustdx.core.config import AttackConfig, AttackSpace, ModelConfig
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.models import RobustDxNet, build_model
@@ -374,7 +374,7 @@ def test_attack_supcon_increases_loss(seed: int) -> None:
 
 @pytest.mark.parametrize("arch", ["test_cnn", "resnet18", "resnet50"])
 def test_fold_batchnorm_keeps_the_function_and_removes_every_batchnorm(arch: str) -> None:
-    from robustdx.core.attacks import fold_batchnorm, frozen_eval
+    from robustdx.core.attacks.pgd import fold_batchnorm, frozen_eval
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, proj_dim=8, head_hidden=8))

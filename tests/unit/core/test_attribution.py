@@ -8,7 +8,8 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from robustdx.core.attribution import (
+from robustdx.core.config import ModelConfig
+from robustdx.core.explain.quality import (
     centre_mask,
     deletion_insertion_auc,
     infidelity_and_sensitivity,
@@ -19,7 +20,6 @@ from robustdx.core.attribution import (
     spearman_per_image,
     to_map,
 )
-from robustdx.core.config import ModelConfig
 from robustdx.core.models import RobustDxNet, build_model
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustdx.core.bundle import (
+from robustdx.core.config import ModelConfig, RunConfig, parse_config
+from robustdx.core.models import build_model
+from robustdx.core.release.bundle import (
     FORMAT,
     JSON_FILES,
     MANIFEST,
@@ -22,8 +24,6 @@ from robustdx.core.bundle import (
     save_bundle,
     verify_bundle,
 )
-from robustdx.core.config import ModelConfig, RunConfig, parse_config
-from robustdx.core.models import build_model
 from tests.conftest import REPO, tiny_raw
 
 pytestmark = pytest.mark.unit

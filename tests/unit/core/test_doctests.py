@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-MODULES = ["attacks", "drift", "losses", "models"]
+MODULES = ["attacks.pgd", "drift", "losses", "models"]
 
 
 @pytest.mark.parametrize("name", MODULES)

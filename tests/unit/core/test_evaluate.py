@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from robustdx.core.attacks import square_attack, square_p_schedule
+from robustdx.core.attacks.pgd import square_attack, square_p_schedule
 from robustdx.core.config import ModelConfig
-from robustdx.core.evaluate import (
+from robustdx.core.evaluation.metrics import (
     DEFAULT_EPS_GRID,
     bootstrap_ci,
     calibration_bins,

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from robustdx.core.config import AttackConfig, ModelConfig
-from robustdx.core.explain import (
+from robustdx.core.explain.ig import (
     Attribution,
     Baseline,
     attribution_map,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from robustdx.core import serving
-from robustdx.core.promotion import GateConfig, decide
+from robustdx.core.release.gates import GateConfig, decide
+from robustdx.core.release.pointer import append_audit, promotion_lock, read_audit
 
 pytestmark = pytest.mark.unit
 
@@ -72,10 +72,10 @@ def test_lock_serialises_and_audit_keeps_order(tmp_path: Path) -> None:
     order: list[str] = []
 
     def worker(name: str) -> None:
-        with serving.promotion_lock(tmp_path):
+        with promotion_lock(tmp_path):
             order.append(f"{name}-in")
             time.sleep(0.2)
-            serving.append_audit(tmp_path, {"action": name})
+            append_audit(tmp_path, {"action": name})
             order.append(f"{name}-out")
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
@@ -84,16 +84,16 @@ def test_lock_serialises_and_audit_keeps_order(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert order[0][:1] == order[1][:1] and order[2][:1] == order[3][:1]  # no interleaving
-    assert [r["action"] for r in serving.read_audit(tmp_path)] == [order[0][0], order[2][0]]
+    assert [r["action"] for r in read_audit(tmp_path)] == [order[0][0], order[2][0]]
 
 
 def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
-    with serving.promotion_lock(tmp_path):
+    with promotion_lock(tmp_path):
         errors: list[BaseException] = []
 
         def other() -> None:
             try:
-                with serving.promotion_lock(tmp_path, timeout=0.2):
+                with promotion_lock(tmp_path, timeout=0.2):
                     pass
             except TimeoutError as err:
                 errors.append(err)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from robustdx.core.config import ConfigError, RunConfig, parse_config
-from robustdx.flows import tune as sweeps
-from robustdx.flows.tune import (
+from robustdx.flows.tune import driver as sweeps
+from robustdx.flows.tune.driver import (
     Objective,
     SweepConfig,
     check_space,
@@ -151,7 +151,7 @@ def test_objectives_read_validation_metrics_and_pick_a_matching_monitor() -> Non
 def test_param_space_domains() -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    space = parse_sweep(_raw(space={**_raw()["space"], "temperature": [0.1, 0.2]})).space.param_space()
+    space = sweeps.param_space(parse_sweep(_raw(space={**_raw()["space"], "temperature": [0.1, 0.2]})).space)
     assert isinstance(space["eps"], Categorical) and space["eps"].categories == pytest.approx([EPS2, EPS8])
     assert isinstance(space["temperature"], Categorical)
     assert isinstance(space["lr"], Float) and type(space["lr"].get_sampler()).__name__ == "_LogUniform"
@@ -159,7 +159,7 @@ def test_param_space_domains() -> None:
     assert isinstance(space["steps"], Integer)
     steps = set(space["steps"].sample(size=300, random_state=0))
     assert steps == {2, 3, 4, 5}, "an integer range includes high"
-    eps = parse_sweep(_raw(space={"eps": {"low": "1/255", "high": "8/255"}})).space.param_space()["eps"]
+    eps = sweeps.param_space(parse_sweep(_raw(space={"eps": {"low": "1/255", "high": "8/255"}})).space)["eps"]
     assert isinstance(eps, Float) and type(eps.get_sampler()).__name__ == "_Uniform"
 
 
@@ -389,7 +389,7 @@ def test_resources_that_no_node_has_are_refused_locally_and_warned_about_on_a_cl
 
 # ------------------------------------------------------------------------------------------ command line
 def test_importing_the_module_starts_no_ray() -> None:
-    code = "import sys, robustdx.flows.tune; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray imported'"
+    code = "import sys, robustdx.flows.tune.driver; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -420,7 +420,7 @@ def test_sweep_config_schema_is_strict() -> None:
 
 
 def test_best_row_breaks_ties_by_trial_order_not_finishing_order() -> None:
-    from robustdx.flows.tune import best_row
+    from robustdx.flows.tune.driver import best_row
 
     rows = [
         {"trial_id": "ab12c_00002", "score": 0.9},

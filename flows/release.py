@@ -1,11 +1,11 @@
 """Gated promotion of a model bundle into the BentoML store, and rollback.
 
-The steps, all under :func:`robustdx.core.serving.promotion_lock` so that two promotions at once
+The steps, all under :func:`robustdx.core.release.pointer.promotion_lock` so that two promotions at once
 cannot both compare against the same serving model:
 
 1. score the candidate *and* the serving model on the candidate's validation split, at the serving
    ε (the serving bundle's ``eval_attack.eps``: the ε its robustness probe watches in production);
-2. :func:`robustdx.core.promotion.decide` — clean, robust and attribution gates;
+2. :func:`robustdx.core.release.gates.decide` — clean, robust and attribution gates;
 3. on success: save the bundle into the store (its SHA-256 manifest kept), move the production
    pointer atomically (the old tag becomes the rollback target), append to the audit log;
    on rejection: only the audit log.
@@ -27,13 +27,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from robustdx.core import serving
-from robustdx.core.bundle import Bundle, load_bundle
 from robustdx.core.data import build_splits
-from robustdx.core.modelstore import load_bundle_from_store, save_bundle_to_store
-from robustdx.core.promotion import Decision, GateConfig, decide
-from robustdx.core.scoring import REPORT_KEYS, validation_scores
-from robustdx.core.train import resolve_device
+from robustdx.core.evaluation.scoring import REPORT_KEYS, validation_scores
+from robustdx.core.release.bundle import Bundle, load_bundle
+from robustdx.core.release.gates import Decision, GateConfig, decide
+from robustdx.core.release.pointer import Pointer, append_audit, promotion_lock, read_production, write_production
+from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
+from robustdx.core.training.trainer import resolve_device
 
 
 class EvaluationSettings(BaseModel):
@@ -81,7 +81,7 @@ def score_rows(candidate: dict[str, Any], production: dict[str, Any] | None) -> 
 
 def serving_bundle(home: Path | str | None) -> tuple[str, Bundle] | None:
     """The serving model's tag and hash-verified bundle, or None before the first promotion."""
-    pointer = serving.read_production(home)
+    pointer = read_production(home)
     if pointer is None:
         return None
     return pointer.tag, load_bundle_from_store(pointer.tag, home)
@@ -116,15 +116,15 @@ def promote(
 ) -> PromotionResult:
     """Evaluate, gate and — when every gate passes — save and point production at the candidate."""
     gates = gates or GateConfig()
-    with serving.promotion_lock(home, lock_timeout):
+    with promotion_lock(home, lock_timeout):
         evaluation = evaluate_against_production(bundle_dir, home, settings)
         decision = decide(evaluation.candidate, evaluation.production, gates)
         tag = previous = None
         if decision.promote:
             tag = save_bundle_to_store(bundle_dir, home)
-            pointer = serving.write_production(home, tag)
+            pointer = write_production(home, tag)
             previous = pointer.previous
-        serving.append_audit(
+        append_audit(
             home,
             {
                 "action": "promoted" if decision.promote else "rejected",
@@ -141,7 +141,7 @@ def promote(
     return PromotionResult(decision, evaluation, tag, previous)
 
 
-def rollback(home: Path | str | None = None, lock_timeout: float = 900.0) -> serving.Pointer:
+def rollback(home: Path | str | None = None, lock_timeout: float = 900.0) -> Pointer:
     """Point production back at the previous tag (which must still be in the store, unaltered).
 
     Rolling back twice returns to where you started: the tag rolled back from becomes ``previous``.
@@ -150,13 +150,13 @@ def rollback(home: Path | str | None = None, lock_timeout: float = 900.0) -> ser
         LookupError: nothing was promoted yet, or there is no previous tag.
         BundleError: the previous bundle in the store fails its hash check (pointer left unchanged).
     """
-    with serving.promotion_lock(home, lock_timeout):
-        pointer = serving.read_production(home)
+    with promotion_lock(home, lock_timeout):
+        pointer = read_production(home)
         if pointer is None or not pointer.previous:
             raise LookupError("nothing to roll back to: no previous production model (promote at least twice)")
         load_bundle_from_store(pointer.previous, home)  # refuses a missing or altered bundle
-        new = serving.write_production(home, pointer.previous)
-        serving.append_audit(home, {"action": "rolled_back", "tag": new.tag, "previous": new.previous})
+        new = write_production(home, pointer.previous)
+        append_audit(home, {"action": "rolled_back", "tag": new.tag, "previous": new.previous})
     return new
 
 

@@ -30,15 +30,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from robustdx.core import attribution as attr_metrics
-from robustdx.core import evaluate as ev
 from robustdx.core.config import AttackConfig, ExperimentConfig, Recipe, RunConfig
 from robustdx.core.data import Splits, build_splits
-from robustdx.core.explain import attribution_map, fast_integrated_gradients, integrated_gradients, save_attack_grid
-from robustdx.core.recipes import has_classifier, run_recipe
-from robustdx.core.report import markdown_table
-from robustdx.core.scoring import region_batch
-from robustdx.core.train import atomic_write_bytes, resolve_device
+from robustdx.core.evaluation import metrics as ev
+from robustdx.core.evaluation.report import markdown_table
+from robustdx.core.evaluation.scoring import region_batch
+from robustdx.core.explain import quality as attr_metrics
+from robustdx.core.explain.ig import attribution_map, fast_integrated_gradients, integrated_gradients, save_attack_grid
+from robustdx.core.training.recipes import has_classifier, run_recipe
+from robustdx.core.training.trainer import atomic_write_bytes, resolve_device
 
 Log = Callable[[str], None]
 
@@ -131,7 +131,7 @@ def evaluate_cell(
 
 
 def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    from robustdx.core.attacks import attack_ce
+    from robustdx.core.attacks.pgd import attack_ce
 
     return attack_ce(model, x, y, cfg)
 
@@ -337,7 +337,7 @@ def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m:
 
 def _ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
     """The paper's Fig. 1 for the first seed of every recipe."""
-    from robustdx.core.bundle import load_bundle
+    from robustdx.core.release.bundle import load_bundle
 
     models = {}
     for recipe in exp.recipes:

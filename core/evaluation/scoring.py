@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from robustdx.core import attribution as attr_metrics
 from robustdx.core.config import AttackConfig, DatasetName, RunConfig
 from robustdx.core.data import ImageDataset, Splits
-from robustdx.core.evaluate import classification_metrics, predict, robust_accuracy
-from robustdx.core.explain import attribution_map, fast_integrated_gradients
+from robustdx.core.evaluation.metrics import classification_metrics, predict, robust_accuracy
+from robustdx.core.explain import quality as attr_metrics
+from robustdx.core.explain.ig import attribution_map, fast_integrated_gradients
 
 Objective = Literal["robust_mean", "clean", "robust"]
 SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")  # what the promotion gates compare

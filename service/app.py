@@ -1,8 +1,8 @@
 """The robustdx BentoML service: prediction, Integrated-Gradients explanation, model card, hot reload.
 
-Start it with ``bentoml serve robustdx.service.service:RobustDx`` (the model is the exact tag in
+Start it with ``bentoml serve robustdx.service.app:RobustDx`` (the model is the exact tag in
 ``$ROBUSTDX_MODEL_TAG`` or, by default, the production pointer that promotion wrote — see
-:mod:`robustdx.core.serving`; never ``:latest``).
+:mod:`robustdx.core.release.pointer`; never ``:latest``).
 
 Endpoints:
 
@@ -17,7 +17,7 @@ Endpoints:
   Loads the production pointer's tag in a worker thread and swaps it in atomically; requests in
   flight finish on the model they started with. A bundle failing its hash check is refused (409)
   and the old model keeps serving.
-* ``/livez``, ``/readyz``, ``/metrics`` from BentoML (custom metrics: :mod:`robustdx.service.monitoring`).
+* ``/livez``, ``/readyz``, ``/metrics`` from BentoML (custom metrics: :mod:`robustdx.service.monitoring.monitor`).
 
 Settings (environment): ``ROBUSTDX_CONFIDENCE_THRESHOLD`` (0.7), ``ROBUSTDX_MAX_IMAGE_BYTES``
 (10 MiB), ``ROBUSTDX_MAX_IMAGE_PIXELS`` (16.7 M), ``ROBUSTDX_MAX_BODY_BYTES`` (4 images + 1 MiB),
@@ -49,8 +49,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from robustdx.core import serving
-from robustdx.service.edge import EdgeGuard
+from robustdx.core.release.pointer import PointerError, read_production, resolve_tag
+from robustdx.service.guard import EdgeGuard
 from robustdx.service.imaging import ImageLimits, open_checked
 
 
@@ -179,7 +179,7 @@ class Served:
 def _load(tag: str) -> Served:
     import torch
 
-    from robustdx.core.modelstore import load_bundle_from_store
+    from robustdx.core.release.store import load_bundle_from_store
 
     bundle = load_bundle_from_store(tag)
     for p in bundle.model.parameters():
@@ -216,11 +216,11 @@ class RobustDx:
     """Robust pathology classifier with Integrated-Gradients explanations (see the module docstring)."""
 
     def __init__(self) -> None:
-        from robustdx.service.monitoring import Monitor, MonitorSettings
+        from robustdx.service.monitoring.monitor import Monitor, MonitorSettings
 
         self.threshold = _env_float("ROBUSTDX_CONFIDENCE_THRESHOLD", 0.7)
         try:
-            tag = serving.resolve_tag()
+            tag = resolve_tag()
         except (LookupError, ValueError) as err:
             raise RuntimeError(f"robustdx service cannot start: {err}") from None  # text: local.STARTUP_FAILURE
         self._state = _load(tag)
@@ -273,8 +273,8 @@ class RobustDx:
         st = self._state
         card = st.card()
         try:
-            pointer = serving.read_production()
-        except serving.PointerError:
+            pointer = read_production()
+        except PointerError:
             pointer = None
         card["production_pointer"] = None if pointer is None else {"tag": pointer.tag, "previous": pointer.previous}
         card["confidence_threshold"] = self.threshold
@@ -320,7 +320,7 @@ class RobustDx:
         clean_pred, clean_attr = self._explain_one(st, x, baseline, map_size)
         attack = None
         if attack_eps > 0:
-            from robustdx.core.attacks import attack_ce
+            from robustdx.core.attacks.pgd import attack_ce
             from robustdx.core.config import AttackConfig
 
             y = torch.tensor([st.classes.index(clean_pred.label)])
@@ -339,7 +339,7 @@ class RobustDx:
         import torch
         from torch.nn import functional as F
 
-        from robustdx.core.explain import attribution_map, heatmap_png, integrated_gradients
+        from robustdx.core.explain.ig import attribution_map, heatmap_png, integrated_gradients
 
         with torch.no_grad():
             probs = torch.softmax(st.bundle.model(x).float(), 1)
@@ -376,8 +376,8 @@ class RobustDx:
         async with self._reload_lock:
             old = self._state
             try:
-                pointer = serving.read_production()
-                tag = pointer.tag if pointer is not None else serving.resolve_tag()
+                pointer = read_production()
+                tag = pointer.tag if pointer is not None else resolve_tag()
             except (LookupError, ValueError) as err:
                 return _error(409, f"no production model to load: {err}", ctx)
             if tag == old.tag:

@@ -15,7 +15,7 @@ Maps are ``amap: [B, H, W]`` tensors produced elsewhere (e.g. channel-summed IG,
 :func:`to_map`). Functions that need attributions recomputed take ``explain_fn(model, inputs,
 target) -> attributions`` (``[B, C, H, W]`` or ``[B, H, W]``): the model is an argument because
 the randomisation check must explain a different model. Models are run in eval mode with parameter
-gradients off and their state restored (:func:`robustdx.core.attacks.frozen_eval`).
+gradients off and their state restored (:func:`robustdx.core.attacks.pgd.frozen_eval`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from robustdx.core.attacks import frozen_eval
+from robustdx.core.attacks.pgd import frozen_eval
 
 ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``explain_fn(model, inputs [B, C, H, W], target [B]) -> attributions [B, C, H, W] or [B, H, W]``."""

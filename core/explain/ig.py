@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from robustdx.core.attacks import attack_ce, fold_batchnorm, frozen_eval
+from robustdx.core.attacks.pgd import attack_ce, fold_batchnorm, frozen_eval
 from robustdx.core.config import AttackConfig
 
 if TYPE_CHECKING:
@@ -348,7 +348,7 @@ def _initial_panels(rule: Rule, n_panels: int) -> tuple[list[float], list[tuple[
 def _fast_twin(model: nn.Module, channels_last: bool) -> nn.Module:
     """A function-identical copy of a frozen, eval-mode model that is cheaper to differentiate.
 
-    BatchNorm is folded into the convolutions (:func:`robustdx.core.attacks.fold_batchnorm`) and the
+    BatchNorm is folded into the convolutions (:func:`robustdx.core.attacks.pgd.fold_batchnorm`) and the
     encoder copy is put in channels_last (faster CPU/GPU convolutions). The caller's model is not
     modified: the folded encoder is a new module and only it changes memory format.
     """
@@ -728,7 +728,7 @@ def save_attack_grid(
     """The paper's Fig. 1: IG on clean and PGD-attacked inputs, one row per model (regime).
 
     For each image a row shows: the clean image (true and predicted class, probability), its IG
-    overlay, the attacked image (:func:`robustdx.core.attacks.attack_ce` with ``attack_cfg``) and its
+    overlay, the attacked image (:func:`robustdx.core.attacks.pgd.attack_ce` with ``attack_cfg``) and its
     IG overlay. Both maps of an image share one colour scale so the change under attack is visible;
     by default both explain the *true* class (``target="predicted"`` explains each prediction). IG is
     :func:`fast_integrated_gradients` at ``tol``; a map whose completeness error stays above ``tol``

@@ -29,7 +29,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from robustdx.core.attacks import attack_ce, frozen_eval, square_attack
+from robustdx.core.attacks.pgd import attack_ce, frozen_eval, square_attack
 from robustdx.core.config import AttackConfig
 from robustdx.core.losses import cross_entropy
 
@@ -344,7 +344,7 @@ def robustness_curve(
     """Robust accuracy under PGD-``steps`` with ``restarts`` random restarts at each ε of ``eps_grid``.
 
     Why: one ε says little, and robust accuracy that does not fall with ε is a symptom of a broken
-    evaluation (Carlini et al. 2019, Sec. 5). The attack is :func:`robustdx.core.attacks.attack_ce`
+    evaluation (Carlini et al. 2019, Sec. 5). The attack is :func:`robustdx.core.attacks.pgd.attack_ce`
     with ``AttackConfig(eps, steps, restarts)`` (step 2.5·ε/steps, random start, clamp to [0, 1]).
 
     Args:
@@ -401,7 +401,7 @@ def square_robust_accuracy(
     p_init: float = 0.8,
     n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Robust accuracy under the gradient-free Square attack (:func:`robustdx.core.attacks.square_attack`).
+    """Robust accuracy under the gradient-free Square attack (:func:`robustdx.core.attacks.pgd.square_attack`).
 
     Why: a cross-check of PGD that gradient masking cannot fool (Andriushchenko et al. 2020). It is
     query-hungry, so it runs on a subsample: with the same ``seed`` its items are the first ``max_n``

@@ -18,13 +18,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from robustdx.core.bundle import load_bundle, save_bundle
 from robustdx.core.config import ConfigError, Recipe, Regime, RunConfig, dump_config
 from robustdx.core.data import Splits, build_splits
-from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
+from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
+from robustdx.core.evaluation.report import write_report
 from robustdx.core.models import RobustDxNet, build_model
-from robustdx.core.report import write_report
-from robustdx.core.train import EpochCallback, StageResult, Trainer, atomic_write_bytes, resolve_device, seed_everything
+from robustdx.core.release.bundle import load_bundle, save_bundle
+from robustdx.core.training.trainer import (
+    EpochCallback,
+    StageResult,
+    Trainer,
+    atomic_write_bytes,
+    resolve_device,
+    seed_everything,
+)
 
 RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.CE: [(Regime.CE, "pretrain")],

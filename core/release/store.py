@@ -4,8 +4,8 @@ Shared by the promotion flow (saves) and the service (loads), so it lives in cor
 imported inside the functions, which keeps ``robustdx.core`` importable without it.
 
 A bundle folder (core/bundle.py) is copied file by file into a new model under
-:data:`robustdx.core.serving.MODEL_NAME`, *including its manifest*, so that loading from the store goes
-through :func:`robustdx.core.bundle.load_bundle` and its SHA-256 checks: a bundle altered in the store
+:data:`robustdx.core.release.pointer.MODEL_NAME`, *including its manifest*, so that loading from the store goes
+through :func:`robustdx.core.release.bundle.load_bundle` and its SHA-256 checks: a bundle altered in the store
 is refused, never served. The model's labels/metadata repeat the bundle's version, regime and
 validation metrics for ``bentoml models list`` and the promotion flow.
 """
@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustdx.core.bundle import JSON_FILES, MANIFEST, REFERENCE, WEIGHTS, Bundle, load_bundle, verify_bundle
-from robustdx.core.serving import MODEL_NAME
+from robustdx.core.contracts import MODEL_NAME
+from robustdx.core.release.bundle import JSON_FILES, MANIFEST, REFERENCE, WEIGHTS, Bundle, load_bundle, verify_bundle
 
 if TYPE_CHECKING:
     from bentoml import Model

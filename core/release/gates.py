@@ -6,7 +6,7 @@ better on one headline number; a clinician-facing model must also keep explainin
 lesion/tumour region rather than drifting to artefacts. Each gate allows a small tolerance because
 validation scores of two equally good models differ by sampling noise (on n images the standard
 error of an accuracy near 0.85 is about 0.36/√n: 0.016 at n = 512). The decision is pure: both
-score dictionaries come from :func:`robustdx.core.scoring.validation_scores` run on the same split,
+score dictionaries come from :func:`robustdx.core.evaluation.scoring.validation_scores` run on the same split,
 the same images and the same attack.
 """
 

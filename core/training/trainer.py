@@ -2,7 +2,7 @@
 
 Regimes (``Regime``): ``ce``, ``adv_ce`` (Alg. 1), ``supcon``, ``adv_supcon`` (Alg. 2) and
 ``finetune`` (``full`` | ``linear`` | ``adversarial``, classifier head re-initialised).
-Adversarial regimes attack in eval mode with input-only gradients (:mod:`robustdx.core.attacks`)
+Adversarial regimes attack in eval mode with input-only gradients (:mod:`robustdx.core.attacks.pgd`)
 and then train on the attacked batch in train mode. With ``schedule='alternate'`` an epoch is the
 paper's clean pass followed by an adversarial pass; ``'adversarial'`` trains on attacked batches only.
 
@@ -38,10 +38,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from robustdx.core.attacks import attack_ce, attack_supcon, channels_like
+from robustdx.core.attacks.pgd import attack_ce, attack_supcon, channels_like
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, RunConfig, StageConfig
 from robustdx.core.data import Splits
-from robustdx.core.evaluate import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
+from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.registry import Registry
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from robustdx.core.config import RunConfig
 
 if TYPE_CHECKING:
-    from robustdx.core.bundle import Bundle
-    from robustdx.core.train import StageResult
+    from robustdx.core.release.bundle import Bundle
+    from robustdx.core.training.trainer import StageResult
 
 
 def _fmt(v: Any) -> str:

@@ -1,6 +1,6 @@
 """Prometheus metrics of the robustdx service, computed off the request path.
 
-Names and labels come from :mod:`robustdx.core.serving` (fixed there for dashboards and alerts).
+Names and labels come from :mod:`robustdx.core.contracts` (fixed there for dashboards and alerts).
 
 Request path (cheap, O(1) per image): the prediction counter, confidence / margin histograms, and
 appending the image's embedding, positive-class score and (for a sampled fraction) the image itself
@@ -35,9 +35,9 @@ import torch
 from prometheus_client import Counter, Gauge, Histogram
 from torch import Tensor
 
-from robustdx.core import serving as names
+from robustdx.core import contracts as names
 
-log = logging.getLogger("robustdx.service.monitoring")
+log = logging.getLogger("robustdx.service.monitoring.monitor")
 
 _PROB_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 _DELTA_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -271,7 +271,7 @@ class Monitor:
         self.drift_runs += 1
 
     def _compute_robustness(self, model: torch.nn.Module, x: Tensor, eps: float) -> None:
-        from robustdx.core.attacks import attack_ce
+        from robustdx.core.attacks.pgd import attack_ce
         from robustdx.core.config import AttackConfig
 
         with torch.no_grad():

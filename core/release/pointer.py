@@ -1,14 +1,14 @@
-"""What the serving side and the flows share: the model name, the production pointer and the
-Prometheus metric names (pure Python; no BentoML or prometheus_client import here).
+"""The release state of a BentoML home: the production pointer, the promotion lock and the audit log.
 
-* :data:`MODEL_NAME` — the BentoML model-store name every promoted bundle is saved under.
+Pure Python (no BentoML import), shared by the promotion flow (writer) and the service (reader).
+
 * The *production pointer* — ``$BENTOML_HOME/robustdx/production.json`` — holds the exact model tag
   that promotion chose and the previous one (for rollback). The promotion flow writes it with
   :func:`write_production`; the service reads it with :func:`read_production` at start-up and on
   ``POST /admin/reload``. Writes are atomic (temporary file + ``os.replace``), so a reader never sees
   half a file. The service never falls back to a bare ``:latest``.
-* Metric names and label names (:data:`METRICS`) — fixed here so dashboards and alert rules can rely
-  on them; the README lists them.
+* :func:`promotion_lock` serialises promotions and rollbacks; :func:`append_audit` records each decision
+  in ``promotions.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,67 +25,12 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-MODEL_NAME = "robustdx-classifier"
+from robustdx.core.contracts import ENV_MODEL_TAG, MODEL_NAME
+
 POINTER_DIR = "robustdx"
 POINTER_FILE = "production.json"
 LOCK_FILE = "promotion.lock"
 AUDIT_FILE = "promotions.jsonl"
-ENV_MODEL_TAG = "ROBUSTDX_MODEL_TAG"
-
-# --- Prometheus metric names (the exporter adds ``_total`` / ``_bucket`` suffixes as usual) -----
-PREDICTIONS = "robustdx_predictions"  # counter -> robustdx_predictions_total{class}
-CONFIDENCE = "robustdx_confidence"  # histogram: top-class probability
-MARGIN = "robustdx_margin"  # histogram: top-1 minus top-2 probability
-REFERRALS = "robustdx_referrals"  # counter -> robustdx_referrals_total: below the confidence threshold
-DRIFT_MMD = "robustdx_drift_mmd"  # gauge: unbiased MMD² live window vs reference embeddings
-DRIFT_MMD_P = "robustdx_drift_mmd_p_value"  # gauge: its permutation p-value
-DRIFT_KS = "robustdx_drift_ks_statistic"  # gauge: KS statistic on the positive-class score
-DRIFT_KS_P = "robustdx_drift_ks_p_value"  # gauge: its p-value
-DRIFT_PSI = "robustdx_drift_psi"  # gauge: PSI on the positive-class score
-DRIFT_WINDOW = "robustdx_drift_window_size"  # gauge: live samples in the sliding window
-ADV_FLIP_RATE = "robustdx_adversarial_flip_rate"  # gauge: fraction of sampled requests whose label PGD flips
-ROBUST_MARGIN = "robustdx_robust_margin"  # gauge: mean logit margin of the predicted class after PGD
-ROBUST_SAMPLES = "robustdx_robustness_samples"  # counter -> robustdx_robustness_samples_total
-IG_DELTA = "robustdx_ig_convergence_delta"  # histogram: |IG convergence delta| (logit units)
-MODEL_INFO = "robustdx_model_info"  # gauge = 1 for the serving model {version, regime, dataset, tag}
-
-# --- pushed by the flows to a Prometheus Pushgateway (job "robustdx-flows"), when one is configured ---
-FLOW_LAST_RUN = "robustdx_flow_last_run_timestamp_seconds"  # gauge {flow, outcome}
-FLOW_DURATION = "robustdx_flow_duration_seconds"  # gauge {flow}: wall time of the last run
-PROMOTION_LAST = "robustdx_promotion_last_timestamp_seconds"  # gauge {decision}: promoted / rejected / rolled_back
-CANDIDATE_SCORE = "robustdx_candidate_score"  # gauge {metric}: last candidate's validation scores
-PRODUCTION_SCORE = "robustdx_production_score"  # gauge {metric}: the serving model's scores in the same evaluation
-PUSH_JOB = "robustdx-flows"
-ENV_PUSHGATEWAY = "ROBUSTDX_PUSHGATEWAY"
-
-LABEL_CLASS = "class"
-INFO_LABELS = ("version", "regime", "dataset", "tag")
-
-METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    PREDICTIONS: ("counter", (LABEL_CLASS,), "Predictions served, by predicted class."),
-    CONFIDENCE: ("histogram", (), "Top-class probability of each prediction."),
-    MARGIN: ("histogram", (), "Top-1 minus top-2 class probability of each prediction."),
-    REFERRALS: ("counter", (), "Predictions below the confidence threshold (refer to clinician)."),
-    DRIFT_MMD: ("gauge", (), "Unbiased MMD^2 between the live embedding window and the bundle's reference."),
-    DRIFT_MMD_P: ("gauge", (), "Permutation p-value of the MMD test (small = drift)."),
-    DRIFT_KS: ("gauge", (), "Two-sample KS statistic of the positive-class score, live window vs reference."),
-    DRIFT_KS_P: ("gauge", (), "p-value of the KS test."),
-    DRIFT_PSI: ("gauge", (), "Population stability index of the positive-class score."),
-    DRIFT_WINDOW: ("gauge", (), "Live samples in the drift window."),
-    ADV_FLIP_RATE: ("gauge", (), "Fraction of sampled live images whose prediction a PGD attack at the serving eps flips."),
-    ROBUST_MARGIN: ("gauge", (), "Mean logit margin of the predicted class on the PGD-attacked sample (< 0 = flipped)."),
-    ROBUST_SAMPLES: ("counter", (), "Live images attacked by the background robustness probe."),
-    IG_DELTA: ("histogram", (), "Absolute Integrated-Gradients convergence delta of /explain (logit units)."),
-    MODEL_INFO: ("gauge", INFO_LABELS, "1 for the model being served."),
-}
-
-FLOW_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    FLOW_LAST_RUN: ("gauge", ("flow", "outcome"), "Unix time a flow last finished, by outcome (completed / failed)."),
-    FLOW_DURATION: ("gauge", ("flow",), "Wall time of the flow's last run in seconds."),
-    PROMOTION_LAST: ("gauge", ("decision",), "Unix time of the last promotion decision, by decision."),
-    CANDIDATE_SCORE: ("gauge", ("metric",), "Validation scores of the last promotion candidate."),
-    PRODUCTION_SCORE: ("gauge", ("metric",), "Validation scores of the serving model in the same evaluation."),
-}
 
 
 class PointerError(ValueError):

@@ -1,24 +1,20 @@
-"""Pydantic configuration for every run, loaded from YAML presets in ``configs/``.
+"""The run configuration: one validated object that describes a training run completely (data, model,
+attack, optimisation of each stage, seed), loaded from YAML presets in ``configs/``.
 
-Why: one validated object describes a run completely (data, model, attack, optimisation of each
-stage, seed). It is saved beside the results, becomes the Prefect flow parameters and the source of
-the Ray Tune search space, so it must reject bad values early with a message that names the field
-and the fix.
+Why: it is saved beside the results, becomes the Prefect flow parameters and the base of every Ray Tune
+trial, so it must reject bad values early with a message that names the field and the fix.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from robustdx.core.errors import ConfigError
+from robustdx.core.config.base import PixelFloat, Strict, load_yaml, pixel_budget_error, validate
 from robustdx.core.registry import suggest
 
 
@@ -76,26 +72,7 @@ class DatasetName(StrEnum):
     BUSI = "busi"
 
 
-def _parse_fraction(value: Any) -> Any:
-    """Accept ``"8/255"`` as well as ``0.0314`` for pixel-unit budgets."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", value)
-        if m:
-            den = float(m.group(2))
-            if den == 0:
-                raise ValueError(f"{value!r} divides by zero")
-            return float(m.group(1)) / den
-    return value
-
-
-PixelFloat = Annotated[float, BeforeValidator(_parse_fraction)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Which images, at what size, in which subsets."""
 
     dataset: DatasetName = Field(DatasetName.CAMELYON17, description="Data set family (on-disk layout).")
@@ -116,7 +93,7 @@ class DataConfig(_Strict):
     augment: bool = Field(True, description="Flips, colour jitter and greyscale on training images.")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """Encoder and heads."""
 
     arch: str = Field("resnet50", description="Encoder name, see robustdx.core.models.list_models().")
@@ -136,7 +113,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class AttackConfig(_Strict):
+class AttackConfig(Strict):
     """An L∞ attack. ε and the step are in [0, 1] pixel units unless ``space='normalized'``."""
 
     name: Literal["pgd", "fgsm_rs"] = Field("pgd", description="Attack: PGD-L∞ or FGSM with random start.")
@@ -160,7 +137,7 @@ class AttackConfig(_Strict):
     @model_validator(mode="after")
     def _eps_scale(self) -> AttackConfig:
         if self.space == AttackSpace.PIXEL and self.eps > 1:
-            raise ValueError(f"got eps={self.eps:g} but inputs are in [0, 1]: did you mean {self.eps:g}/255?")
+            raise ValueError(pixel_budget_error(self.eps))
         return self
 
     @property
@@ -179,7 +156,7 @@ class AttackConfig(_Strict):
         return cls(name="pgd", eps=0.2, steps=10, step_size=0.01, random_start=False, space=AttackSpace.NORMALIZED, clamp=False)
 
 
-class StageConfig(_Strict):
+class StageConfig(Strict):
     """Optimisation of one training stage."""
 
     epochs: int = Field(20, ge=1, le=1000, description="Epochs of this stage.")
@@ -195,7 +172,7 @@ class StageConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on batches per pass (tests, demos).")
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """A complete training run: a recipe of stages on one data set with one seed."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (folder under output_dir).")
@@ -237,133 +214,14 @@ class RunConfig(_Strict):
         return self.output_dir / self.name
 
 
-PAPER_RECIPES = (Recipe.CE, Recipe.ADV_CE, Recipe.ADV_CE_FT, Recipe.SUPCON_FT, Recipe.ADV_SUPCON_FT)
-
-
-class AttributionSettings(_Strict):
-    """How attributions are computed and scored in an experiment."""
-
-    n_images: int = Field(16, ge=1, le=4096, description="Test images explained per cell (clean and attacked).")
-    baseline: Literal["black", "blur", "noise"] = Field(
-        "blur",
-        description="Integrated-Gradients baseline. Blur by default: on H&E a black baseline resembles the dark "
-        "nuclei that carry the label, so IG then credits the bright background (measured: deletion AUC 0.90 vs 0.48).",
-    )
-    tol: float = Field(0.01, gt=0, lt=1, description="Completeness tolerance of IG (relative error per image).")
-    n_sanity: int = Field(4, ge=0, le=256, description="Images for the model-randomisation sanity check (0: skip).")
-    n_infidelity: int = Field(4, ge=0, le=256, description="Images for captum infidelity / sensitivity (0: skip).")
-    n_grid: int = Field(3, ge=1, le=16, description="Images in the clean-vs-attacked IG grid (the paper's Fig. 1).")
-
-
-class ExperimentConfig(_Strict):
-    """A paper table: every recipe x seed of one base run config, scored clean, robust and for attributions."""
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Report folder name under output_dir.")
-    base: Path = Field(..., description="RunConfig preset (YAML), relative to this file or the working directory.")
-    overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to the base config.")
-    recipes: list[Recipe] = Field(default_factory=lambda: list(PAPER_RECIPES), min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds per recipe.")
-    eps_grid: list[PixelFloat] = Field(
-        default_factory=lambda: [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], min_length=1, description="Pixel-unit ε grid."
-    )
-    pgd_steps: int = Field(50, ge=1, le=1000, description="PGD steps of the robustness curve.")
-    pgd_restarts: int = Field(2, ge=1, le=100, description="PGD random restarts of the robustness curve.")
-    n_robust: int = Field(128, ge=1, description="Test images attacked per ε.")
-    n_square: int = Field(64, ge=0, description="Test images for the gradient-free Square attack (0: skip).")
-    square_queries: int = Field(500, ge=1, description="Query budget of the Square attack per image.")
-    n_boot: int = Field(1000, ge=100, description="Bootstrap resamples for 95% confidence intervals.")
-    attribution: AttributionSettings = Field(default_factory=AttributionSettings)
-    output_dir: Path = Field(Path("reports"), description="Where the report folder is written.")
-
-    @model_validator(mode="after")
-    def _eps_in_pixels(self) -> ExperimentConfig:
-        bad = [e for e in self.eps_grid if not 0 <= e <= 1]
-        if bad:
-            raise ValueError(f"eps_grid values must be pixel units in [0, 1], got {bad}: did you mean {bad[0]:g}/255?")
-        return self
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, RunConfig]:
-    """Load an experiment file and the base run config it names (resolved next to the file first)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {str(path)!r} does not exist")
-    raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    try:
-        exp = ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_errors(err, ExperimentConfig, "experiment configuration")) from None
-    base = exp.base if exp.base.is_absolute() or not (path.parent / exp.base).is_file() else path.parent / exp.base
-    return exp, load_config(base, exp.overrides)
-
-
-def _section(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel]:
-    """The pydantic model at ``path`` below ``model`` (unwrapping ``X | None``)."""
-    for part in path:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return model
-        candidates = [field.annotation, *get_args(field.annotation)]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return model
-        model = nested[0]
-    return model
-
-
-def format_errors(err: ValidationError, model: type[BaseModel], what: str = "configuration") -> str:
-    """One line per problem, naming the key; an unknown key gets the valid keys of *its* section and the
-    nearest spelling. Shared by every YAML-backed config (runs, experiments, sweeps)."""
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            valid = list(_section(model, loc[:-1]).model_fields)
-            msg = f"unknown key.{suggest(loc[-1], valid)} Valid: {', '.join(valid)}"
-        elif "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {'.'.join(loc) or '<root>'}: {msg}")
-    return f"invalid {what}:\n" + "\n".join(lines)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. pretrain.epochs=2)")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
-    return raw
-
-
 def parse_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Validate a raw mapping (plus overrides) into a :class:`RunConfig`; raise :class:`ConfigError`."""
-    raw = apply_overrides(copy.deepcopy(raw), overrides or [])
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_errors(err, RunConfig)) from None
+    return validate(RunConfig, raw, overrides or [])
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML preset, apply overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return parse_config(raw, overrides)
+    return parse_config(load_yaml(path), overrides)
 
 
 def dump_config(cfg: RunConfig) -> str:
