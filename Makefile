@@ -24,8 +24,9 @@ demo: venv  ## synthetic data -> Ray Tune sweep -> train the best adv-SupCon -> 
 	$(VENV)/bin/robustdx demo
 	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --out runs/demo/serve
 
-test: venv  ## lint + the whole test suite (unit, data, integration, model, e2e; GPU tests deselected where torch sees no CUDA)
+test: venv  ## ruff, the import-layer contracts, the whole test suite (GPU tests deselected where torch sees no CUDA)
 	$(VENV)/bin/ruff check core flows service tests benchmarks deploy docs
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv  ## fast unit tests only
@@ -46,8 +47,9 @@ bench: venv  ## training-step throughput benchmark (writes benchmarks/results/tr
 bench-asha: venv  ## ASHA vs every trial to the end on the demo sweep (writes benchmarks/results/asha_vs_full.json; ~5 min)
 	$(PY) benchmarks/asha_vs_full.py
 
-lint: venv  ## ruff + hadolint
+lint: venv  ## ruff + import contracts + hadolint
 	$(VENV)/bin/ruff check core flows service tests benchmarks deploy docs
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 test-deploy: venv  ## Prometheus rules, Alertmanager, dashboards, compose, Dockerfile, alert -> Prefect event (~1 min)
