@@ -15,7 +15,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,46 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], load_before: 
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {path}")
     return path
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, log: Callable[[str], None] = print) -> dict[str, list[float]]:
+    """Wall seconds of each side's call, ``repeats`` times, the sides interleaved (A B B A A B ...): load that
+    changes during the run falls on both sides alike. Every call is timed in full; nothing is discarded."""
+    names = list(sides)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - t0)
+            log(f"[repeat {r + 1}/{repeats}] {name}: {times[name][-1]:.3f} s")
+    return times
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and interquartile range of timings (seconds), and the raw values."""
+    qs = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "iqr": [qs[0], qs[2]],
+        "values": values,
+    }
+
+
+def headline(what: str, robustdx: float, baseline: float, unit: str, goal: float, baseline_name: str, **extra: Any) -> dict:
+    """The result's headline: robustdx and baseline in ``unit`` (higher is better), their ratio, the goal and
+    whether it was met; ``docs/figures.py`` renders it in the README."""
+    ratio = robustdx / baseline
+    return {
+        "what": what,
+        "unit": unit,
+        "robustdx": robustdx,
+        "baseline_value": baseline,
+        "baseline": baseline_name,
+        "ratio": ratio,
+        "goal": f">= {goal:g}x",
+        "met": bool(ratio >= goal) and all(v for k, v in extra.items() if k.startswith("requires_")),
+        **extra,
+    }

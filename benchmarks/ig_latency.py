@@ -42,7 +42,8 @@ from robustdx.core.config import RunConfig, parse_config
 from robustdx.core.data import balanced_indices
 from robustdx.core.data.pcam import image_folder
 from robustdx.core.data.transforms import eval_transform
-from robustdx.core.explain.ig import Attribution, fast_integrated_gradients, integrated_gradients
+from robustdx.core.explain.adaptive import AdaptiveConfig, fast_integrated_gradients
+from robustdx.core.explain.ig import Attribution, integrated_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 PCAM = REPO.parent / "shared" / "data" / "pcam"
@@ -301,7 +302,7 @@ def run_context(
     singles, dt = timed(lambda: [fast_integrated_gradients(model, x[i : i + 1], tol=tol) for i in range(n)])
     s1 = cat(singles)
     ctx["robustdx_fast_one_call_per_image"] = summary(s1["rel_error"], s1["evaluations"], [dt], n, tol)
-    strict, dt = timed(lambda: fast_integrated_gradients(model, x, tol=tol, stop="panelwise"))
+    strict, dt = timed(lambda: fast_integrated_gradients(model, x, tol=tol, config=AdaptiveConfig(stop="panelwise")))
     ctx["robustdx_fast_panelwise"] = summary(strict.rel_error, strict.evaluations, [dt], n, tol) | {"_attr": strict.attributions}
     for name, val in ctx.items():
         print(f"[context] {name}: {val['seconds_per_image']:.3f} s/image, max err {val['max_rel_error']:.2%}", file=sys.stderr)

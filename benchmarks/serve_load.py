@@ -8,7 +8,7 @@ a fixed number of requests in flight, bounded by a request count *and* a time li
 request. The batching side also measures the service worker's RSS after a warm-up and again after
 ``--requests`` (10,000 by default) requests: the memory-leak check. Each RSS reading is taken after
 ``--settle`` idle seconds (the worker returns freed heap pages to the OS every 10 s, see
-``robustdx.service.monitoring._malloc_trim``); the reading right after the load is recorded too.
+``robustdx.service.monitoring.monitor._malloc_trim``); the reading right after the load is recorded too.
 
 The default model is a ResNet-18 at 96 px with random weights, saved as a bundle into a temporary
 BentoML home (serving cost does not depend on the weights' values); ``--bundle`` serves a real

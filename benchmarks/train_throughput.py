@@ -32,7 +32,8 @@ from harness import add_common_args, write_result
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
 from robustdx.core.losses import supcon_loss
 from robustdx.core.models import build_model
-from robustdx.core.training.trainer import StepContext, create_strategy, resolve_device
+from robustdx.core.training.strategies import StepContext, create_strategy
+from robustdx.core.util import resolve_device
 
 
 def authors_step(model, opt, views: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float) -> None:

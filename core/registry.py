@@ -11,9 +11,11 @@ import difflib
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 
 def suggest(value: str, choices: list[str]) -> str:
@@ -67,3 +69,23 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def parse_option(enum: type[E], value: StrEnum | str, what: str) -> E:
+    """``enum(value)`` with an error that names the bad value, lists the valid ones and suggests the nearest.
+
+    >>> class Reduce(StrEnum):
+    ...     SUM = "sum"
+    ...     ABS = "abs"
+    >>> parse_option(Reduce, "abs", "reduce")
+    <Reduce.ABS: 'abs'>
+    >>> parse_option(Reduce, "ab", "reduce")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown reduce 'ab'; valid: sum, abs. Did you mean 'abs'?
+    """
+    try:
+        return enum(value)
+    except ValueError:
+        names = [m.value for m in enum]
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(names)}.{suggest(str(value), names)}") from None

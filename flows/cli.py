@@ -227,7 +227,8 @@ def demo(
     if not os.environ.get("PREFECT_API_URL"):  # Prefect's temporary server, with its database kept in runs/prefect
         os.environ.setdefault("PREFECT_HOME", str(runs / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+    from robustdx.flows.params import RetrainParams, SweepParams
+    from robustdx.flows.pipeline import retrain_flow
 
     params = RetrainParams(
         sweep=SweepParams(
@@ -277,9 +278,9 @@ def sweep(ctx: typer.Context) -> None:
 
     Same as `python -m robustdx.flows.tune ...`, which `ray job submit` sends to a cluster.
     """
-    from robustdx.flows.tune import driver as tune
+    from robustdx.flows.tune.cli import main as sweep_main
 
-    raise typer.Exit(tune.main(ctx.args, prog="robustdx sweep"))
+    raise typer.Exit(sweep_main(ctx.args, prog="robustdx sweep"))
 
 
 HomeOpt = Annotated[
@@ -335,14 +336,14 @@ def promote(
     """Promote a bundle into the BentoML store if it is not worse than the serving model (clean, robust and
     attribution gates), or roll production back. Exit code 1 when the gates reject the candidate."""
     from robustdx.core.release.gates import GateConfig
-    from robustdx.flows import release as promotion
+    from robustdx.flows import release
 
     rejected: str | None = None
     try:
         if rollback:
             if bundle is not None:
                 raise ValueError("give either a bundle or --rollback, not both")
-            pointer = promotion.rollback(home)
+            pointer = release.rollback(home)
             console.print(f"[green]rolled back:[/] serving [bold]{pointer.tag}[/] (was {pointer.previous})")
         else:
             if bundle is None:
@@ -350,14 +351,14 @@ def promote(
             gates = GateConfig(
                 clean_tolerance=clean_tolerance, robust_tolerance=robust_tolerance, attribution_tolerance=attribution_tolerance
             )
-            result = promotion.promote(bundle, gates, promotion.EvaluationSettings(n_robust=n_robust), home)
+            result = release.promote(bundle, gates, release.EvaluationSettings(n_robust=n_robust), home)
             console.print(_scores_table(result.evaluation))
             if not result.decision.promote:
                 rejected = result.decision.summary
             else:
                 console.print(f"[green]promoted[/] [bold]{result.tag}[/] (previous: {result.previous})")
         if service_url and rejected is None:
-            reply = promotion.reload_service(service_url)
+            reply = release.reload_service(service_url)
             console.print(f"service {service_url} serves {reply.get('tag')}")
     except (ConfigError, DataError, BundleError, FileNotFoundError, LookupError, ValueError, RuntimeError, TimeoutError) as err:
         _fail(err)
@@ -380,7 +381,8 @@ def retrain(
 
     Uses the Prefect server in $PREFECT_API_URL, else a temporary local one.
     """
-    from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+    from robustdx.flows.params import RetrainParams, SweepParams
+    from robustdx.flows.pipeline import retrain_flow
 
     params = RetrainParams(
         sweep=SweepParams(config=str(sweep_config), num_samples=num_samples),
@@ -420,7 +422,7 @@ def deploy(
     """
     from datetime import timedelta
 
-    from robustdx.flows.pipeline import RetrainParams, SweepParams
+    from robustdx.flows.params import RetrainParams, SweepParams
     from robustdx.flows.schedule import build_deployments, serve
 
     base = RetrainParams(

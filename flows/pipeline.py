@@ -10,7 +10,8 @@
 * ``rollback_flow`` — production back to the previous tag;
 * ``retrain_flow`` — sweep → train the best configuration in full → promote (which evaluates).
 
-Parameters are pydantic models, so the Prefect UI shows them as forms. Training retries on
+Parameters are the pydantic models of :mod:`robustdx.flows.params`, so the Prefect UI shows them
+as forms. Training retries on
 transient failures only (a bad config or missing data fails at once) and resumes from its last
 epoch checkpoint, so a retry does not start over. Every flow leaves Markdown/table artifacts (keys:
 lowercase and dashes) and, when ``$ROBUSTDX_PUSHGATEWAY`` is set, pushes its outcome for Grafana.
@@ -31,65 +32,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from pydantic import BaseModel, ConfigDict, Field
 
 from robustdx.core.config import RunConfig, apply_overrides, load_config, parse_config
 from robustdx.core.errors import BundleError, ConfigError, DataError
-from robustdx.core.evaluation.report import markdown_table
 from robustdx.core.evaluation.scoring import SCORE_KEYS
 from robustdx.core.release.bundle import WEIGHTS, verify_bundle
-from robustdx.core.release.gates import GateConfig
 from robustdx.core.release.pointer import read_production
+from robustdx.core.util import markdown_table
 from robustdx.flows import metrics as flow_metrics
-from robustdx.flows import release as promotion
+from robustdx.flows import release
+from robustdx.flows.params import PromoteParams, RetrainParams, SweepParams, TrainParams
 
 PERMANENT_ERRORS = (ConfigError, DataError, BundleError, ValueError, TypeError, KeyError, FileNotFoundError)
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainParams(_Params):
-    """One training run."""
-
-    config: str = Field("configs/demo.yaml", description="RunConfig preset (YAML), relative to the working directory.")
-    overrides: list[str] = Field(default_factory=list, description="key=value overrides, e.g. pretrain.epochs=2.")
-
-
-class SweepParams(_Params):
-    """A Ray Tune sweep (runs on $RAY_ADDRESS when set, else a local Ray)."""
-
-    config: str = Field("configs/sweeps/demo.yaml", description="Sweep file (YAML).")
-    overrides: list[str] = Field(default_factory=list, description="key=value overrides of the sweep file.")
-    run_overrides: list[str] = Field(default_factory=list, description="key=value overrides of every trial's run config.")
-    num_samples: int | None = Field(None, ge=1, description="Trials; default: the sweep file's.")
-    name: str | None = Field(None, description="Experiment name; an existing one is resumed. Default: the file's.")
-
-
-class PromoteParams(_Params):
-    """Gated promotion of one bundle folder."""
-
-    bundle: str = Field(..., description="Bundle folder written by training (…/bundle).")
-    gates: GateConfig = Field(default_factory=GateConfig)
-    evaluation: promotion.EvaluationSettings = Field(default_factory=promotion.EvaluationSettings)
-    bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
-    service_url: str | None = Field(None, description="Running service to reload after a promotion (needs ROBUSTDX_ADMIN_TOKEN).")
-
-
-class RetrainParams(_Params):
-    """Sweep → train the best configuration in full → evaluate → promote."""
-
-    sweep: SweepParams = Field(default_factory=SweepParams)
-    train_overrides: list[str] = Field(
-        default_factory=list, description="Overrides for the full training of the best trial, e.g. finetune.epochs=20."
-    )
-    output_dir: str = Field("runs/retrain", description="Where the retrained run folders go.")
-    gates: GateConfig = Field(default_factory=GateConfig)
-    evaluation: promotion.EvaluationSettings = Field(default_factory=promotion.EvaluationSettings)
-    bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
-    service_url: str | None = Field(None, description="Running service to reload after a promotion.")
-    reason: str = Field("manual", description="Why this retrain runs (manual, schedule, drift alert); recorded.")
 
 
 def _transient(_task: Any, _run: Any, state: Any) -> bool:
@@ -168,20 +122,20 @@ def _evaluation_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     home = parameters.get("home")
     pointer = read_production(home)
     manifest = verify_bundle(parameters["bundle"])
-    settings: promotion.EvaluationSettings = parameters["settings"]
+    settings: release.EvaluationSettings = parameters["settings"]
     parts = [manifest["files"][WEIGHTS]["sha256"], pointer.tag if pointer else "-", settings.model_dump_json()]
     return "evaluate-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 @task(cache_key_fn=_evaluation_key, cache_expiration=timedelta(days=7), persist_result=True)
-def evaluate_task(bundle: str, home: str | None, settings: promotion.EvaluationSettings) -> dict[str, Any]:
-    ev = promotion.evaluate_against_production(bundle, home, settings)
+def evaluate_task(bundle: str, home: str | None, settings: release.EvaluationSettings) -> dict[str, Any]:
+    ev = release.evaluate_against_production(bundle, home, settings)
     return {"candidate": ev.candidate, "production": ev.production, "production_tag": ev.production_tag, "eps": ev.eps}
 
 
 @task(cache_policy=NO_CACHE)
 def promote_task(params: PromoteParams) -> dict[str, Any]:
-    result = promotion.promote(params.bundle, params.gates, params.evaluation, params.bentoml_home)
+    result = release.promote(params.bundle, params.gates, params.evaluation, params.bentoml_home)
     return result.to_json()
 
 
@@ -216,7 +170,7 @@ def _decision_markdown(outcome: dict[str, Any]) -> str:
         "",
         "## Scores",
         "",
-        markdown_table(promotion.score_rows(outcome["candidate"], outcome["production"]), ["metric", "candidate", "serving"]),
+        markdown_table(release.score_rows(outcome["candidate"], outcome["production"]), ["metric", "candidate", "serving"]),
         "",
         f"Why: {outcome['summary']}",
     ]
@@ -250,14 +204,14 @@ def sweep_flow(params: SweepParams = SweepParams()) -> dict[str, Any]:  # noqa: 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
     bundle: str,
-    settings: promotion.EvaluationSettings = promotion.EvaluationSettings(),  # noqa: B008
+    settings: release.EvaluationSettings = release.EvaluationSettings(),  # noqa: B008
     bentoml_home: str | None = None,
 ) -> dict[str, Any]:
     """Score a bundle and the serving model on validation, side by side."""
     with _pushed("evaluate", {}):
         out = evaluate_task(bundle, bentoml_home, settings)
         create_table_artifact(
-            promotion.score_rows(out["candidate"], out["production"]),
+            release.score_rows(out["candidate"], out["production"]),
             key="evaluation",
             description=f"{bundle} vs serving {out['production_tag'] or '(none)'} at eps {out['eps']:.5f}",
         )
@@ -276,7 +230,7 @@ def promote_flow(params: PromoteParams) -> dict[str, Any]:
         logger.info(outcome["summary"])
         if outcome["promoted"] and params.service_url:
             try:
-                outcome["reload"] = promotion.reload_service(params.service_url)
+                outcome["reload"] = release.reload_service(params.service_url)
                 logger.info("service at %s now serves %s", params.service_url, outcome["reload"].get("tag"))
             except RuntimeError as err:  # the promotion stands: a service (re)started later loads the pointer
                 outcome["reload"] = {"error": str(err)}
@@ -288,10 +242,10 @@ def promote_flow(params: PromoteParams) -> dict[str, Any]:
 def rollback_flow(bentoml_home: str | None = None, service_url: str | None = None) -> dict[str, Any]:
     """Point production back at the previous model (and reload the service when given)."""
     with _pushed("rollback", {"decision": "rolled_back"}):
-        pointer = promotion.rollback(bentoml_home)
+        pointer = release.rollback(bentoml_home)
         out: dict[str, Any] = {"tag": pointer.tag, "previous": pointer.previous}
         if service_url:
-            out["reload"] = promotion.reload_service(service_url)
+            out["reload"] = release.reload_service(service_url)
         create_markdown_artifact(f"# Rollback\n\nserving `{pointer.tag}` again (was `{pointer.previous}`)", key="rollback")
         return out
 

@@ -28,12 +28,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from robustdx.core.data import build_splits
-from robustdx.core.evaluation.scoring import REPORT_KEYS, validation_scores
+from robustdx.core.evaluation.scoring import REPORT_KEYS, ScoringSettings, validation_scores
 from robustdx.core.release.bundle import Bundle, load_bundle
 from robustdx.core.release.gates import Decision, GateConfig, decide
 from robustdx.core.release.pointer import Pointer, append_audit, promotion_lock, read_production, write_production
 from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
-from robustdx.core.training.trainer import resolve_device
+from robustdx.core.util import resolve_device
 
 
 class EvaluationSettings(BaseModel):
@@ -100,9 +100,10 @@ def evaluate_against_production(
     cfg = candidate.config
     splits = build_splits(cfg.data)
     device = resolve_device(cfg.device)
+    scoring = ScoringSettings(eps=eps, n_robust=settings.n_robust, n_attr=settings.n_attr)
 
     def score(bundle: Bundle) -> dict[str, Any]:
-        return validation_scores(bundle.model, cfg, splits, device, eps, settings.n_robust, settings.n_attr)
+        return validation_scores(bundle.model, cfg, splits, device, scoring)
 
     return Evaluation(score(candidate), score(current[1]) if current else None, current[0] if current else None, eps)
 

@@ -29,7 +29,8 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from robustdx.flows.alerts import DRIFT_EVENT
-from robustdx.flows.pipeline import RetrainParams, retrain_flow
+from robustdx.flows.params import RetrainParams
+from robustdx.flows.pipeline import retrain_flow
 
 NIGHTLY = "nightly"
 ON_DRIFT = "on-drift"

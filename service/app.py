@@ -17,15 +17,12 @@ Endpoints:
   Loads the production pointer's tag in a worker thread and swaps it in atomically; requests in
   flight finish on the model they started with. A bundle failing its hash check is refused (409)
   and the old model keeps serving.
-* ``/livez``, ``/readyz``, ``/metrics`` from BentoML (custom metrics: :mod:`robustdx.service.monitoring.monitor`).
+* ``/livez``, ``/readyz``, ``/metrics`` from BentoML (custom metrics: :mod:`robustdx.service.monitoring`).
 
-Settings (environment): ``ROBUSTDX_CONFIDENCE_THRESHOLD`` (0.7), ``ROBUSTDX_MAX_IMAGE_BYTES``
-(10 MiB), ``ROBUSTDX_MAX_IMAGE_PIXELS`` (16.7 M), ``ROBUSTDX_MAX_BODY_BYTES`` (4 images + 1 MiB),
-``ROBUSTDX_MAX_IMAGES_PER_REQUEST`` (16), ``ROBUSTDX_BATCHING`` (1; 0 turns adaptive batching off —
-the benchmark's baseline), ``ROBUSTDX_MAX_BATCH_SIZE`` (32), ``ROBUSTDX_MAX_LATENCY_MS`` (5000),
-``ROBUSTDX_TIMEOUT`` (60 s), ``ROBUSTDX_CPU`` (2), ``ROBUSTDX_ROBUST_SAMPLE_RATE`` (0.1),
-``ROBUSTDX_ROBUST_STEPS`` (5), ``ROBUSTDX_IG_STEPS`` (32), ``ROBUSTDX_DRIFT_WINDOW`` (64), ``ROBUSTDX_DRIFT_EVERY`` (16),
-``ROBUSTDX_MALLOC_TRIM_SECONDS`` (10; 0 = off).
+Settings: the ``ROBUSTDX_*`` environment variables of :class:`robustdx.service.settings.ServiceSettings`
+(confidence threshold, image and body limits, batching, timeout, CPU, monitor sampling, admin token),
+read once when this module is imported — BentoML's decorators need them then — into :data:`SETTINGS`;
+a bad value stops the service at start-up naming the variable.
 One worker per service: a reload swaps the model of the worker that receives it.
 """
 
@@ -34,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +39,7 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -51,25 +47,13 @@ from starlette.routing import Route
 
 from robustdx.core.release.pointer import PointerError, read_production, resolve_tag
 from robustdx.service.guard import EdgeGuard
-from robustdx.service.imaging import ImageLimits, open_checked
+from robustdx.service.imaging import open_checked
+from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, Prediction, ReloadResult
+from robustdx.service.settings import load_settings
 
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
-
-
-LIMITS = ImageLimits.from_env()
-MAX_IMAGES = _env_int("ROBUSTDX_MAX_IMAGES_PER_REQUEST", 16)
-MAX_BODY = _env_int("ROBUSTDX_MAX_BODY_BYTES", 4 * LIMITS.max_bytes + (1 << 20))
-BATCHING = os.environ.get("ROBUSTDX_BATCHING", "1") not in ("0", "false", "no")
-MAX_BATCH_SIZE = _env_int("ROBUSTDX_MAX_BATCH_SIZE", 32)
-MAX_LATENCY_MS = _env_int("ROBUSTDX_MAX_LATENCY_MS", 5000)
+SETTINGS = load_settings()
+LIMITS = SETTINGS.image_limits()
 MAX_ATTACK_EPS = 32 / 255
-IG_STEPS = _env_int("ROBUSTDX_IG_STEPS", 32)
 
 
 def _check_upload(path: Path) -> Path:
@@ -80,54 +64,6 @@ def _check_upload(path: Path) -> Path:
 
 
 ImageUpload = Annotated[Path, ContentType("image/*"), AfterValidator(_check_upload)]
-
-
-# ---------------------------------------------------------------------------------------------
-# schemas
-# ---------------------------------------------------------------------------------------------
-class Prediction(BaseModel):
-    label: str = Field(description="Predicted class.", examples=["tumor"])
-    probabilities: dict[str, float] = Field(
-        description="Softmax probability per class.", examples=[{"normal": 0.08, "tumor": 0.92}]
-    )
-    confidence: float = Field(description="Probability of the predicted class.", examples=[0.92])
-    margin: float = Field(description="Top-1 minus top-2 probability.", examples=[0.84])
-    refer_to_clinician: bool = Field(description="True when confidence is below the service's threshold.", examples=[False])
-    decision: str = Field(description="The label, or 'refer to clinician' below the threshold.", examples=["tumor"])
-    model_version: str = Field(
-        description="Bundle version (first 12 hex digits of the weights' SHA-256).", examples=["3f9a1c0d2b7e"]
-    )
-
-
-class AttributionOut(BaseModel):
-    target: str = Field(description="The class explained (the prediction).", examples=["tumor"])
-    heatmap_png_base64: str = Field(description="Colour-mapped attribution map at model resolution, PNG, base64.")
-    attribution: list[list[float]] = Field(description="Channel-summed IG map, average-pooled to map_size x map_size.")
-    convergence_delta: float = Field(description="Sum of attributions minus (f(x) - f(baseline)), logit units.", examples=[0.003])
-    relative_error: float = Field(description="|delta| / |f(x) - f(baseline)|.", examples=[0.004])
-    baseline: str = Field(description="IG baseline used.", examples=["black"])
-    method: str = Field(description="IG implementation and rule.", examples=["captum:gausslegendre"])
-
-
-class AttackOut(BaseModel):
-    eps: float = Field(description="L-inf budget in [0, 1] pixel units.", examples=[0.0157])
-    steps: int = Field(examples=[10])
-    prediction: Prediction
-    attribution: AttributionOut
-    flipped: bool = Field(description="The attack changed the predicted label.")
-
-
-class Explanation(BaseModel):
-    prediction: Prediction
-    attribution: AttributionOut
-    attack: AttackOut | None = Field(None, description="Present when attack_eps > 0 (the paper's Fig. 1, live).")
-
-
-class ReloadResult(BaseModel):
-    reloaded: bool = Field(description="False when the pointer already named the serving model.")
-    tag: str = Field(examples=["robustdx-classifier:abcd1234efgh5678"])
-    version: str
-    previous_tag: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,33 +144,24 @@ card_app = Starlette(routes=[Route("/model", _model_card, methods=["GET"])])
 @bentoml.asgi_app(card_app, path="/")
 @bentoml.service(
     name="robustdx",
-    resources={"cpu": os.environ.get("ROBUSTDX_CPU", "2")},
-    traffic={"timeout": _env_int("ROBUSTDX_TIMEOUT", 60), "max_concurrency": 128},
+    resources={"cpu": SETTINGS.cpu},
+    traffic={"timeout": SETTINGS.timeout, "max_concurrency": 128},
     workers=1,
 )
 class RobustDx:
     """Robust pathology classifier with Integrated-Gradients explanations (see the module docstring)."""
 
     def __init__(self) -> None:
-        from robustdx.service.monitoring.monitor import Monitor, MonitorSettings
+        from robustdx.service.monitoring.monitor import Monitor
 
-        self.threshold = _env_float("ROBUSTDX_CONFIDENCE_THRESHOLD", 0.7)
+        self.threshold = SETTINGS.confidence_threshold
         try:
             tag = resolve_tag()
         except (LookupError, ValueError) as err:
             raise RuntimeError(f"robustdx service cannot start: {err}") from None  # text: local.STARTUP_FAILURE
         self._state = _load(tag)
         self._reload_lock = asyncio.Lock()
-        self.monitor = Monitor(
-            MonitorSettings(
-                window=_env_int("ROBUSTDX_DRIFT_WINDOW", 64),
-                drift_every=_env_int("ROBUSTDX_DRIFT_EVERY", 16),
-                min_window=min(16, _env_int("ROBUSTDX_DRIFT_WINDOW", 64)),
-                robust_sample_rate=_env_float("ROBUSTDX_ROBUST_SAMPLE_RATE", 0.1),
-                robust_steps=_env_int("ROBUSTDX_ROBUST_STEPS", 5),
-                trim_seconds=_env_float("ROBUSTDX_MALLOC_TRIM_SECONDS", 10.0),
-            )
-        )
+        self.monitor = Monitor(SETTINGS.monitor_settings())
         self._watch(self._state)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -282,12 +209,21 @@ class RobustDx:
         return card
 
     # ---- APIs ---------------------------------------------------------------------------------
-    @bentoml.api(route="/predict", batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(
+        route="/predict",
+        batchable=SETTINGS.batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
     def predict(
         self,
         images: Annotated[
             list[ImageUpload],
-            Field(min_length=1, max_length=MAX_IMAGES, description="One or more PNG/JPEG images (multipart field 'images')."),
+            Field(
+                min_length=1,
+                max_length=SETTINGS.max_images_per_request,
+                description="One or more PNG/JPEG images (multipart field 'images').",
+            ),
         ],
     ) -> list[Prediction]:
         """Classify images: label, probabilities, margin, model version (refer to clinician when unsure)."""
@@ -320,7 +256,7 @@ class RobustDx:
         clean_pred, clean_attr = self._explain_one(st, x, baseline, map_size)
         attack = None
         if attack_eps > 0:
-            from robustdx.core.attacks.pgd import attack_ce
+            from robustdx.core.attacks import attack_ce
             from robustdx.core.config import AttackConfig
 
             y = torch.tensor([st.classes.index(clean_pred.label)])
@@ -339,14 +275,18 @@ class RobustDx:
         import torch
         from torch.nn import functional as F
 
-        from robustdx.core.explain.ig import attribution_map, heatmap_png, integrated_gradients
+        from robustdx.core.explain.ig import integrated_gradients
+        from robustdx.core.explain.maps import attribution_map
+        from robustdx.core.explain.plots import heatmap_png
 
         with torch.no_grad():
             probs = torch.softmax(st.bundle.model(x).float(), 1)
         pred = self._prediction(st, probs[0])
         # captum's fixed rule: for one image at a time the adaptive IG gains only ~2x (it shines when
         # batching many images), and a fixed rule gives a bounded, predictable latency
-        attr = integrated_gradients(st.bundle.model, x, baseline=baseline, n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
+        attr = integrated_gradients(
+            st.bundle.model, x, baseline=baseline, n_steps=SETTINGS.ig_steps, internal_batch_size=SETTINGS.ig_steps
+        )
         amap = attribution_map(attr.attributions)[0]
         pooled = F.adaptive_avg_pool2d(amap[None, None], min(map_size, amap.shape[-1]))[0, 0]
         self.monitor.observe_ig_delta(attr.delta)
@@ -366,7 +306,7 @@ class RobustDx:
         """Load the current production model (bearer token required); the old model serves until the swap."""
         from robustdx.core.errors import BundleError
 
-        token = os.environ.get("ROBUSTDX_ADMIN_TOKEN", "")
+        token = SETTINGS.admin_token.get_secret_value()
         given = ctx.request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if not token:
@@ -398,5 +338,5 @@ class RobustDx:
 
 
 RobustDx.add_asgi_middleware(
-    EdgeGuard, routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": ()}, max_body=MAX_BODY
+    EdgeGuard, routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": ()}, max_body=SETTINGS.max_body_bytes
 )

@@ -5,7 +5,9 @@
 
 1. with ``--bundle`` only: saves the bundle into the BentoML model store (``$BENTOML_HOME``, default
    ``~/bentoml``) and points production at it, *bypassing the promotion gates* (a quick look at a
-   model); without it, serves the model the promotion flow put in production;
+   model; under the promotion lock, recorded as ``forced`` in the audit log, see
+   :func:`robustdx.core.release.pointer.force_production`); without it, serves the model the
+   promotion flow put in production;
 2. starts ``bentoml serve`` on a free 127.0.0.1 port with that model and waits for ``/readyz``;
 3. sends one image to ``/predict`` and to ``/explain`` (with a PGD attack at the bundle's ε), saves
    the returned heatmaps as PNG files and the JSON answers beside them;
@@ -64,7 +66,7 @@ def rejection_note(home: Path, tag: str) -> str | None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Serve a bundle with BentoML, call /predict and /explain, stop.")
     ap.add_argument(
         "--bundle", type=Path, default=None, help="Bundle to put in production without the gates (default: serve production)."
@@ -72,27 +74,79 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/demo/serve"), help="Where the answers and heatmaps go.")
     ap.add_argument("--data", type=Path, default=Path("data/synthetic/camelyon17"), help="Synthetic data (demo image).")
     ap.add_argument("--keep-seconds", type=float, default=0.0, help="Keep the service up this long before stopping.")
-    args = ap.parse_args(argv)
+    return ap
 
-    from robustdx.core.release.pointer import bentoml_home, resolve_tag, write_production
-    from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
+
+def model_to_serve(bundle: Path | None, home: Path) -> str | None:
+    """The tag to serve: ``bundle`` forced into production (no gates), else the production model (step 1).
+
+    Prints what it chose; None (after printing the error) when there is no production model."""
+    from robustdx.core.release.pointer import force_production, resolve_tag
+    from robustdx.core.release.store import save_bundle_to_store
+
+    if bundle is not None:
+        tag = save_bundle_to_store(bundle, home)
+        pointer = force_production(home, tag, reason=f"python -m robustdx.service.demo --bundle {bundle}")
+        print(f"put {tag} in production without the gates (previous: {pointer.previous}); BentoML home {home}")
+        return tag
+    try:
+        tag = resolve_tag(home)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    print(f"serving production model {tag} from BentoML home {home}")
+    note = rejection_note(home, tag)
+    if note:
+        print(note)
+    return tag
+
+
+def call_predict(c: httpx.Client, out: Path, name: str, png: bytes) -> None:
+    """POST the image to /predict, save the answer, print the decision."""
+    pred = c.post("/predict", files={"images": (name, png, "image/png")})
+    pred.raise_for_status()
+    (out / "predict.json").write_text(json.dumps(pred.json(), indent=2))
+    p = pred.json()[0]
+    print(f"/predict  {name}: {p['decision']} (p={p['confidence']:.3f}, margin {p['margin']:.3f}, model {p['model_version']})")
+
+
+def call_explain(c: httpx.Client, out: Path, name: str, png: bytes, eps: float) -> None:
+    """POST the image to /explain with a PGD attack at ``eps``; save the answer and both heatmaps."""
+    ex = c.post("/explain", files={"image": (name, png, "image/png")}, data={"attack_eps": str(eps)})
+    ex.raise_for_status()
+    e = ex.json()
+    (out / "explain.json").write_text(json.dumps(e, indent=2))
+    (out / "heatmap.png").write_bytes(base64.b64decode(e["attribution"]["heatmap_png_base64"]))
+    print(f"/explain  IG delta {e['attribution']['convergence_delta']:.2e}; heatmap -> {out / 'heatmap.png'}")
+    if e.get("attack"):
+        a = e["attack"]
+        (out / "heatmap_attacked.png").write_bytes(base64.b64decode(a["attribution"]["heatmap_png_base64"]))
+        print(
+            f"          PGD eps={a['eps']:.4f}: {a['prediction']['label']} (flipped: {a['flipped']}); "
+            f"heatmap -> {out / 'heatmap_attacked.png'}"
+        )
+
+
+def show_metrics(c: httpx.Client, url: str) -> None:
+    """Print a few of the robustdx metrics (after a second, for the monitor to record the calls)."""
+    time.sleep(1.0)
+    shown = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("robustdx_") and "_bucket" not in ln]
+    print(f"metrics at {url}/metrics, e.g.:")
+    for ln in shown[:8]:
+        print(f"  {ln}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    from robustdx.core.release.pointer import bentoml_home
+    from robustdx.core.release.store import load_bundle_from_store
     from robustdx.service.local import LocalServer
 
     home = bentoml_home()
-    if args.bundle is not None:
-        tag = save_bundle_to_store(args.bundle, home)
-        pointer = write_production(home, tag)
-        print(f"put {tag} in production without the gates (previous: {pointer.previous}); BentoML home {home}")
-    else:
-        try:
-            tag = resolve_tag(home)
-        except LookupError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"serving production model {tag} from BentoML home {home}")
-        note = rejection_note(home, tag)
-        if note:
-            print(note)
+    tag = model_to_serve(args.bundle, home)
+    if tag is None:
+        return 2
     eps = float(load_bundle_from_store(tag, home).config.eval_attack.eps)
     args.out.mkdir(parents=True, exist_ok=True)
     name, png = demo_image(args.data if args.data.exists() else None)
@@ -101,32 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     with LocalServer({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}, log) as srv:
         print(f"serving on {srv.url} (log {log}); OpenAPI docs at {srv.url}/docs")
         with httpx.Client(base_url=srv.url, timeout=120) as c:
-            pred = c.post("/predict", files={"images": (name, png, "image/png")})
-            pred.raise_for_status()
-            (args.out / "predict.json").write_text(json.dumps(pred.json(), indent=2))
-            p = pred.json()[0]
-            print(
-                f"/predict  {name}: {p['decision']} (p={p['confidence']:.3f}, margin {p['margin']:.3f}, "
-                f"model {p['model_version']})"
-            )
-            ex = c.post("/explain", files={"image": (name, png, "image/png")}, data={"attack_eps": str(eps)})
-            ex.raise_for_status()
-            e = ex.json()
-            (args.out / "explain.json").write_text(json.dumps(e, indent=2))
-            (args.out / "heatmap.png").write_bytes(base64.b64decode(e["attribution"]["heatmap_png_base64"]))
-            print(f"/explain  IG delta {e['attribution']['convergence_delta']:.2e}; heatmap -> {args.out / 'heatmap.png'}")
-            if e.get("attack"):
-                a = e["attack"]
-                (args.out / "heatmap_attacked.png").write_bytes(base64.b64decode(a["attribution"]["heatmap_png_base64"]))
-                print(
-                    f"          PGD eps={a['eps']:.4f}: {a['prediction']['label']} (flipped: {a['flipped']}); "
-                    f"heatmap -> {args.out / 'heatmap_attacked.png'}"
-                )
-            time.sleep(1.0)
-            shown = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("robustdx_") and "_bucket" not in ln]
-            print(f"metrics at {srv.url}/metrics, e.g.:")
-            for ln in shown[:8]:
-                print(f"  {ln}")
+            call_predict(c, args.out, name, png)
+            call_explain(c, args.out, name, png, eps)
+            show_metrics(c, srv.url)
             if args.keep_seconds > 0:
                 print(f"keeping the service up for {args.keep_seconds:.0f} s")
                 time.sleep(args.keep_seconds)

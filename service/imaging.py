@@ -9,7 +9,6 @@ greyscale is replicated to RGB. Floating-point images are refused.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +30,11 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Upload limits (env ``ROBUSTDX_MAX_IMAGE_BYTES`` / ``ROBUSTDX_MAX_IMAGE_PIXELS``)."""
+    """Upload limits; the service sets them from ``ROBUSTDX_MAX_IMAGE_BYTES`` / ``ROBUSTDX_MAX_IMAGE_PIXELS``
+    (:meth:`robustdx.service.settings.ServiceSettings.image_limits`), whose defaults are these."""
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 4096 * 4096
-
-    @classmethod
-    def from_env(cls) -> ImageLimits:
-        d = cls()
-        return cls(
-            max_bytes=int(os.environ.get("ROBUSTDX_MAX_IMAGE_BYTES", d.max_bytes)),
-            max_pixels=int(os.environ.get("ROBUSTDX_MAX_IMAGE_PIXELS", d.max_pixels)),
-        )
 
 
 def open_checked(data: bytes | Path, limits: ImageLimits) -> Image.Image:

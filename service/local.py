@@ -11,21 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from robustdx.core.util import free_port, wait_until
+
 SERVICE = "robustdx.service.app:RobustDx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 STARTUP_FAILURE = "robustdx service cannot start"
@@ -63,19 +57,27 @@ class LocalServer:
         self.stop()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
-            if STARTUP_FAILURE in self.tail(1 << 16):  # BentoML restarts a failing worker forever: stop waiting
-                raise RuntimeError(f"the service failed to start:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"service not ready after {self.timeout:.0f} s:\n{self.tail()}")
+        """Poll ``/readyz`` until it answers 200; stop early when the server exits or logs its start-up failure.
+
+        Raises:
+            RuntimeError: the server exited, or the service logged that it cannot start (log tail attached).
+            TimeoutError: not ready after ``timeout`` seconds (log tail attached).
+        """
+        try:
+            wait_until(self._ready, self.timeout, f"{self.url}/readyz")
+        except TimeoutError:
+            raise TimeoutError(f"service not ready after {self.timeout:.0f} s:\n{self.tail()}") from None
+
+    def _ready(self) -> bool:
+        """One readiness check; raises when waiting longer is pointless."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
+        if STARTUP_FAILURE in self.tail(1 << 16):  # BentoML restarts a failing worker forever: stop waiting
+            raise RuntimeError(f"the service failed to start:\n{self.tail()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def tail(self, n: int = 4000) -> str:
         try:

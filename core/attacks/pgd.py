@@ -16,82 +16,18 @@ normalised-space settings for comparison.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from robustdx.core.attacks.base import channels_like, frozen_eval, register_attack
+from robustdx.core.attacks.folding import fold_batchnorm
+from robustdx.core.attacks.outcome import Outcome, clean_outcome
 from robustdx.core.config import AttackConfig, AttackSpace
 from robustdx.core.losses import cross_entropy, supcon_loss
 
 LossFn = Callable[[Tensor], Tensor]
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients for the duration; the previous state is restored."""
-    modes = [(m, m.training) for m in model.modules()]  # per module: a frozen sub-encoder stays in eval
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
-
-
-def _fold_into_convs(module: nn.Module) -> None:
-    """Fold every BatchNorm2d that directly follows a Conv2d, in place, recursively.
-
-    Two patterns are recognised: consecutive ``(Conv2d, BatchNorm2d)`` entries of an
-    ``nn.Sequential`` (``test_cnn``, ResNet downsample branches) and sibling attributes
-    ``convN`` / ``bnN`` (torchvision ResNet stems and blocks, whose forward applies ``bnN`` right
-    after ``convN``). No tracing: torch.fx patches ``nn.Module.__call__`` process-wide while it
-    traces, which broke concurrent requests in the service.
-    """
-    for child in module.children():
-        _fold_into_convs(child)
-    mods = module._modules
-    if isinstance(module, nn.Sequential):
-        names = list(mods)
-        for a, b in zip(names, names[1:], strict=False):
-            if isinstance(mods[a], nn.Conv2d) and isinstance(mods[b], nn.BatchNorm2d):
-                mods[a] = fuse_conv_bn_eval(mods[a], mods[b])
-                mods[b] = nn.Identity()
-    for name in list(mods):
-        if name.startswith("conv") and name[4:].isdigit() and f"bn{name[4:]}" in mods:
-            conv, bn = mods[name], mods[f"bn{name[4:]}"]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                mods[name] = fuse_conv_bn_eval(conv, bn)
-                mods[f"bn{name[4:]}"] = nn.Identity()
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A twin of a frozen, eval-mode ``model`` whose encoder has BatchNorm folded into the convolutions.
-
-    Why: an eval-mode attack sees BatchNorm as a fixed affine map, so folding it removes a memory-bound
-    op from each of the attack's forward and backward passes (a measured speed-up on the CPU; see
-    benchmarks/train_throughput.py) without changing the function. The twin shares every other
-    module with ``model``; its encoder is a copy built per call from the current weights (tens of
-    ms). A model without an ``encoder`` (or in train mode) is returned unchanged. Thread-safe: no
-    global state is touched.
-    """
-    encoder = getattr(model, "encoder", None)
-    if encoder is None or model.training or not any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules()):
-        return model
-    fused = copy.deepcopy(encoder)
-    _fold_into_convs(fused)
-    twin = copy.copy(model)
-    twin._modules = dict(model._modules)
-    twin._modules["encoder"] = fused
-    return twin
 
 
 def _scale(model: nn.Module, cfg: AttackConfig, x: Tensor) -> Tensor | None:
@@ -199,129 +135,66 @@ def attack_supcon(model: nn.Module, views: Tensor, y: Tensor, cfg: AttackConfig,
         return pgd(loss_fn, flat, cfg, _scale(model, cfg, flat)).view(views.shape)
 
 
-def channels_like(x: Tensor, model: nn.Module) -> Tensor:
-    """Give a 4-D batch the model's memory format (channels_last models run faster on it)."""
-    w = next((p for p in model.parameters() if p.ndim == 4), None)
-    if w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def pgd_outcome(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, seed: int = 0) -> Outcome:
+    """PGD on the cross-entropy *for evaluation*: the same trajectory as :func:`attack_ce` (and torchattacks'
+    ``PGD``), but an item counts as broken as soon as **any** visited point is misclassified, and it leaves
+    the batch there.
 
-
-# --------------------------------------------------------------------------------------------
-# Square attack: gradient-free, to catch gradient masking
-# --------------------------------------------------------------------------------------------
-def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8) -> float:
-    """Fraction of pixels a Square-attack window covers at iteration ``it`` (Andriushchenko et al. 2020,
-    Sec. 3 and their code): ``p_init`` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000
-    and 8000 of a 10 000-query run, rescaled to a budget of ``n_queries``, so the search goes from
-    coarse (large windows) to fine (small windows) whatever the budget."""
-    t = int(it / n_queries * 10000)
-    halvings = sum(t > edge for edge in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
-    return p_init / 2**halvings
-
-
-def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """``logit_y - max_{j≠y} logit_j`` per sample: positive while the prediction is correct. The
-    Square attack minimises it (Carlini & Wagner 2017's margin, as in Andriushchenko et al. 2020)."""
-    logits = logits.float()
-    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
-    return true - other
-
-
-def _random_sign(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """Independent ±1 entries drawn on the CPU from ``gen`` (reproducible on every device)."""
-    return torch.randint(0, 2, shape, generator=gen).float().mul_(2).sub_(1)
-
-
-def _window(top: Tensor, left: Tensor, side: int, h: int, w: int) -> Tensor:
-    """``[K, 1, H, W]`` boolean masks of one ``side``×``side`` square per sample, at (``top``, ``left``)."""
-    rows = torch.arange(h, device=top.device).view(1, h)
-    cols = torch.arange(w, device=top.device).view(1, w)
-    in_rows = (rows >= top.view(-1, 1)) & (rows < top.view(-1, 1) + side)
-    in_cols = (cols >= left.view(-1, 1)) & (cols < left.view(-1, 1) + side)
-    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
-
-
-def _square_side(p: float, h: int, w: int) -> int:
-    """Side of a window covering a fraction ``p`` of the image; at least 1 px and smaller than the image."""
-    side = int(round((p * h * w) ** 0.5))
-    return max(1, min(side, min(h, w) - 1)) if min(h, w) > 1 else 1
-
-
-def _square_candidates(x: Tensor, x_best: Tensor, eps: float, side: int, gen: torch.Generator, max_resample: int = 10) -> Tensor:
-    """One random-search proposal per sample: a random square window set to ``x ± eps`` with one sign
-    per channel, the rest of ``x_best`` kept. As in the authors' code, the signs are re-drawn (up to
-    ``max_resample`` times) where the proposal equals ``x_best``, so no query is wasted on a no-op."""
-    k, c, h, w = x.shape
-    top = torch.randint(0, h - side + 1, (k,), generator=gen).to(x.device)
-    left = torch.randint(0, w - side + 1, (k,), generator=gen).to(x.device)
-    window = _window(top, left, side, h, w)
-    sign = _random_sign((k, c, 1, 1), gen).to(x)
-    cand = torch.where(window, (x + eps * sign).clamp(0.0, 1.0), x_best)
-    for _ in range(max_resample):
-        same = (cand == x_best).flatten(1).all(1)
-        if not bool(same.any()):
-            break
-        sign = torch.where(same.view(-1, 1, 1, 1), _random_sign((k, c, 1, 1), gen).to(x), sign)
-        cand = torch.where(window, (x + eps * sign).clamp(0.0, 1.0), x_best)
-    return cand
-
-
-def square_attack(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, n_queries: int = 1000, p_init: float = 0.8, seed: int = 0
-) -> Tensor:
-    """Square Attack, L∞ (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box
-    adversarial attack via random search", ECCV; Alg. 1 with the L∞ proposal of Sec. 3.1).
-
-    Why: PGD follows the gradient, so a model whose gradients are masked or obfuscated (Athalye et
-    al. 2018) looks robust to it without being robust. Square only queries the model's scores: it
-    starts from vertical stripes of ±ε, then repeatedly sets a random square window (shrinking with
-    :func:`square_p_schedule`) to ``x ± ε`` with one random sign per channel and keeps the proposal
-    when it lowers the margin loss (:func:`margin_loss`). A sample stops costing queries once it is
-    misclassified. If Square beats PGD at the same ε, PGD's number is not to be trusted.
-
-    Args:
-        model: a classifier mapping ``[B, C, H, W]`` images in [0, 1] to logits; run in eval mode
-            with parameter gradients off and its state restored afterwards (:func:`frozen_eval`).
-        x: clean images in [0, 1], ``[B, C, H, W]``.
-        y: true labels ``[B]``.
-        eps: L∞ budget in pixel units of [0, 1] images.
-        n_queries: model queries per sample, the starting point included (the paper uses 10 000).
-        p_init: initial fraction of pixels changed per query (0.05 in the paper's L∞ ImageNet runs;
-            0.8 in AutoAttack and torchattacks, whose schedule is rescaled to the budget).
-        seed: seed of the attack's own CPU generator; the global RNG is neither used nor moved.
+    Why: torchattacks keeps the final iterate only, so an item misclassified half-way and correct at the
+    end counts as robust (an overestimate); and attacking items that are already broken is wasted work —
+    on a 1,000-image evaluation most of the cost. Restarts attack only the survivors. The random start is
+    drawn on the CPU from ``seed`` (the same numbers on every device; the global RNG is untouched); each
+    item's trajectory does not depend on the others (eval mode, per-item loss), so leaving the batch
+    changes nothing for the rest.
 
     Returns:
-        Adversarial images (detached) within the ε-ball around ``x`` and within [0, 1].
+        An :class:`~robustdx.core.attacks.outcome.Outcome` (items misclassified clean cost one forward).
     """
-    if x.ndim != 4:
-        raise ValueError(f"square_attack needs [B, C, H, W] images, got shape {tuple(x.shape)}")
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps must be in [0, 1] pixel units, got {eps!r} (did you mean {eps:g}/255?)")
-    if n_queries < 1:
-        raise ValueError(f"n_queries must be >= 1, got {n_queries!r}")
-    if not 0 < p_init <= 1:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-    x = x.detach()
-    if eps == 0 or x.shape[0] == 0:
-        return x.clone()
+    if cfg.space != AttackSpace.PIXEL or not cfg.clamp:
+        raise ValueError("evaluation attacks run in [0, 1] pixel space with clamping (space='pixel', clamp=true)")
+    out = clean_outcome(model, x, y)
+    eps, alpha = float(cfg.eps), float(cfg.alpha)
+    if eps == 0:
+        return out
     gen = torch.Generator().manual_seed(seed)
-    b, c, h, w = x.shape
-    with frozen_eval(model), torch.no_grad():
+    x = x.detach()
+    with frozen_eval(model):
         net = fold_batchnorm(model)
-        x_best = (x + eps * _random_sign((b, c, 1, w), gen).to(x)).clamp(0.0, 1.0)
-        margin = margin_loss(net(x_best), y)
-        for it in range(n_queries - 1):
-            active = (margin > 0).nonzero().flatten()
-            if active.numel() == 0:
+        for _ in range(cfg.restarts):
+            idx = (~out.fooled).nonzero().flatten()
+            if idx.numel() == 0:
                 break
-            side = _square_side(square_p_schedule(it, n_queries, p_init), h, w)
-            # index_select / index_copy_: advanced indexing is much slower on small CPU batches
-            x_act, best_act, m_act = x.index_select(0, active), x_best.index_select(0, active), margin.index_select(0, active)
-            cand = _square_candidates(x_act, best_act, eps, side, gen)
-            new = margin_loss(net(cand), y.index_select(0, active))
-            better = new < m_act
-            margin.index_copy_(0, active, torch.where(better, new, m_act))
-            x_best.index_copy_(0, active, torch.where(better.view(-1, 1, 1, 1), cand, best_act))
-    return x_best
+            start = torch.empty(x[idx].shape).uniform_(-eps, eps, generator=gen) if cfg.random_start else None
+            _pgd_survivors(net, x, y, idx, start, eps, alpha, cfg.steps, out)
+    return out
+
+
+def _pgd_survivors(
+    net: nn.Module, x: Tensor, y: Tensor, idx: Tensor, start: Tensor | None, eps: float, alpha: float, steps: int, out: Outcome
+) -> None:
+    """One PGD restart on the items ``idx`` (not yet broken), recording into ``out`` as items break."""
+    x0, y0 = x.index_select(0, idx), y.index_select(0, idx)
+    xa = x0.clone() if start is None else (x0 + start.to(x0)).clamp(0.0, 1.0)
+    for step in range(steps + 1):  # ``steps`` gradient steps, then the final point is checked too
+        xa = xa.detach().requires_grad_(step < steps)
+        with torch.set_grad_enabled(step < steps):
+            logits = net(xa)
+        out.evaluations.index_add_(0, idx, torch.ones_like(idx))
+        wrong = logits.argmax(1) != y0
+        out.x_adv.index_copy_(0, idx, xa.detach())  # the latest point of every survivor (the broken one for the rest)
+        out.fooled.index_fill_(0, idx[wrong], True)
+        if step == steps or bool(wrong.all()):
+            return
+        (grad,) = torch.autograd.grad(cross_entropy(logits, y0, reduction="none").sum(), xa)
+        keep = ~wrong
+        idx, x0, y0 = idx[keep], x0[keep], y0[keep]
+        with torch.no_grad():
+            delta = (xa[keep] + alpha * grad[keep].sign() - x0).clamp_(-eps, eps)
+            xa = (x0 + delta).clamp_(0.0, 1.0)
+
+
+@register_attack("pgd")
+@register_attack("fgsm_rs")  # one PGD step of 1.25·ε from a random start (AttackConfig.alpha)
+def _ce_attack(cfg: AttackConfig) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    return lambda model, x, y: attack_ce(model, x, y, cfg)
+

@@ -134,7 +134,6 @@ class SpaceConfig(Strict):
         return {name: dim for name in type(self).model_fields if (dim := getattr(self, name)) is not None}
 
 
-
 class Objective(StrEnum):
     """What a trial is scored on (maximised); every option reads validation metrics only."""
 

@@ -2,11 +2,12 @@
 
 Why it exists: the paper reports one run per cell, clean accuracy only and anecdotal saliency maps
 (SCIENCE.md, weaknesses 3, 5 and 7). A cell here is one recipe trained with one seed through the
-same :func:`run_recipe` the flows and the service use, then scored on the test split:
+same :func:`run_recipe` the CLI, the Prefect flows and the Ray Tune trainable use, then scored on the
+test split:
 
 * clean: accuracy, balanced accuracy, AUC, ECE, worst-group accuracy, bootstrap 95% CIs;
 * robust: PGD (``pgd_steps``, ``pgd_restarts``) accuracy over the pixel-unit ε grid, a
-  gradient-free Square attack at the training ε, and gradient-masking flags;
+  gradient-free Square attack at the grid's largest ε, and gradient-masking flags;
 * attributions (Integrated Gradients, clean and on PGD-attacked inputs): mass inside the label
   region (BUSI lesion masks; the PCam/Camelyon centre 32×32), pointing game, deletion/insertion
   AUC, infidelity/sensitivity, and the model-randomisation sanity check.
@@ -19,7 +20,6 @@ plots: training curves, accuracy-vs-ε, and the clean-vs-attacked IG grid.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -33,12 +33,15 @@ from torch.utils.data import DataLoader
 from robustdx.core.config import AttackConfig, ExperimentConfig, Recipe, RunConfig
 from robustdx.core.data import Splits, build_splits
 from robustdx.core.evaluation import metrics as ev
-from robustdx.core.evaluation.report import markdown_table
+from robustdx.core.evaluation.robustness import EvalConfig, gradient_masking_flags, robustness_curve, square_robust_accuracy
 from robustdx.core.evaluation.scoring import region_batch
 from robustdx.core.explain import quality as attr_metrics
-from robustdx.core.explain.ig import attribution_map, fast_integrated_gradients, integrated_gradients, save_attack_grid
+from robustdx.core.explain.adaptive import fast_integrated_gradients
+from robustdx.core.explain.ig import integrated_gradients
+from robustdx.core.explain.maps import attribution_map
+from robustdx.core.explain.plots import GridConfig, agg_figure, save_attack_grid
 from robustdx.core.training.recipes import has_classifier, run_recipe
-from robustdx.core.training.trainer import atomic_write_bytes, resolve_device
+from robustdx.core.util import atomic_write_bytes, markdown_table, resolve_device, write_csv
 
 Log = Callable[[str], None]
 
@@ -90,24 +93,36 @@ def evaluate_cell(
     clean = ev.classification_metrics(probs, labels, groups)
     pred = probs.argmax(1)
     clean["acc_ci"] = ev.bootstrap_ci(lambda idx: float((pred[idx] == labels[idx]).mean()), len(labels), exp.n_boot, cfg.seed)
-    curve = ev.robustness_curve(
-        model,
-        splits.test,
-        exp.eps_grid,
-        device,
+    robust = _robustness(model, cfg, exp, splits, device)
+    return {"test": clean, **robust, "attribution": _attributions(model, cfg, exp, splits, device)}
+
+
+def _robustness(
+    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
+) -> dict[str, Any]:
+    """``robustness`` (PGD over the ε grid), ``square`` (at the grid's largest ε; None when
+    ``exp.n_square`` is 0) and the gradient-masking ``flags`` on the test split."""
+    pgd = EvalConfig(
+        eps_grid=exp.eps_grid,
         steps=exp.pgd_steps,
         restarts=exp.pgd_restarts,
         max_n=exp.n_robust,
         batch_size=cfg.data.eval_batch_size,
         seed=cfg.seed,
     )
+    curve = robustness_curve(model, splits.test, pgd, device=device)
     square = None
-    if exp.n_square:
-        square = ev.square_robust_accuracy(
-            model, splits.test, max(exp.eps_grid), device, n_queries=exp.square_queries, max_n=exp.n_square, seed=cfg.seed
-        )
-    flags = ev.gradient_masking_flags(curve, [square] if square else [])
+    if exp.n_square:  # Square keeps EvalConfig's batch size (its batch k is seeded seed + k)
+        budget = EvalConfig(square_n=exp.n_square, square_queries=exp.square_queries, seed=cfg.seed)
+        square = square_robust_accuracy(model, splits.test, max(exp.eps_grid), budget, device=device)
+    flags = gradient_masking_flags(curve, [square] if square else [])
+    return {"robustness": curve, "square": square, "flags": flags}
 
+
+def _attributions(
+    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
+) -> dict[str, Any]:
+    """IG scores on the first test images, clean and PGD-attacked, and the sanity / infidelity checks."""
     a = exp.attribution
     x, y, masks, region = region_batch(splits, cfg, a.n_images)
     x, y, masks = x.to(device), y.to(device), masks.to(device)
@@ -127,11 +142,11 @@ def evaluate_cell(
         inf = attr_metrics.infidelity_and_sensitivity(model, x[: a.n_infidelity], explain, target[: a.n_infidelity])
         attributions["infidelity"] = float(inf["infidelity"].mean())
         attributions["sensitivity_max"] = float(inf["sensitivity_max"].mean())
-    return {"test": clean, "robustness": curve, "square": square, "flags": flags, "attribution": attributions}
+    return attributions
 
 
 def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    from robustdx.core.attacks.pgd import attack_ce
+    from robustdx.core.attacks import attack_ce
 
     return attack_ce(model, x, y, cfg)
 
@@ -218,26 +233,19 @@ def summarise(rows: list[dict[str, Any]], recipes: list[str]) -> list[dict[str, 
     return summary
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def plot_curves(cells: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Training curves per recipe and accuracy-vs-ε (mean ± std over seeds) as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
     recipes = list(dict.fromkeys(c["recipe"] for c in cells))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return [
+        _plot_accuracy_vs_eps(cells, recipes, folder / "accuracy_vs_eps.png"),
+        _plot_training_curves(cells, recipes, folder / "training_curves.png"),
+    ]
+
+
+def _plot_accuracy_vs_eps(cells: list[dict[str, Any]], recipes: list[str], path: Path) -> Path:
+    """PGD test accuracy against ε, one line per recipe (mean over seeds, ± std shaded)."""
+    fig = agg_figure(6, 4)
+    ax = fig.subplots()
     for recipe in recipes:
         mine = [c for c in cells if c["recipe"] == recipe]
         eps = [p["eps"] * 255 for p in mine[0]["robustness"]]
@@ -250,12 +258,15 @@ def plot_curves(cells: list[dict[str, Any]], folder: Path) -> list[Path]:
     )
     ax.legend()
     fig.tight_layout()
-    paths.append(folder / "accuracy_vs_eps.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=120)
+    return path
 
+
+def _plot_training_curves(cells: list[dict[str, Any]], recipes: list[str], path: Path) -> Path:
+    """The validation monitor per epoch, one panel per stage, for the first cell of every recipe."""
     stages = max(len(c["history"]) for c in cells)
-    fig, axes = plt.subplots(1, stages, figsize=(5 * stages, 3.6), squeeze=False)
+    fig = agg_figure(5 * stages, 3.6)
+    axes = fig.subplots(1, stages, squeeze=False)
     for recipe in recipes:
         c = next(c for c in cells if c["recipe"] == recipe)
         for i, stage in enumerate(c["history"]):
@@ -267,51 +278,42 @@ def plot_curves(cells: list[dict[str, Any]], folder: Path) -> list[Path]:
         axis.set(xlabel="epoch", ylabel="validation monitor", title=f"stage {i + 1} (seed {cells[0]['seed']})")
         axis.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(folder / "training_curves.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+    fig.savefig(path, dpi=120)
+    return path
+
+
+_ATTRIBUTION_COLUMNS = [
+    "recipe",
+    "ig_clean_region_mass",
+    "ig_attacked_region_mass",
+    "ig_clean_pointing_game",
+    "ig_clean_deletion_auc",
+    "ig_clean_insertion_auc",
+    "randomisation_spearman",
+    "infidelity",
+]
 
 
 def write_experiment_report(
     exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]], folder: Path, extra_images: list[Path]
 ) -> Path:
+    """Write ``results.csv``, ``summary.csv``, the plots and ``report.md`` into ``folder``; return the report."""
     rows = [cell_row(c) for c in cells]
-    _write_csv(folder / "results.csv", rows)
+    write_csv(folder / "results.csv", rows)
     recipes = [str(r) for r in exp.recipes]
     summary = summarise(rows, recipes)
-    _write_csv(folder / "summary.csv", summary)
+    write_csv(folder / "summary.csv", summary)
     plots = plot_curves(cells, folder)
     eps_cols = [k for k in rows[0] if k.startswith("robust_acc@")]
     lines = [
-        f"# Experiment `{exp.name}`\n",
-        f"Base config: `{exp.base}` — data `{base.data.dataset}` ({base.data.image_size} px), encoder `{base.model.arch}`, "
-        f"training attack PGD-{base.attack.steps} at ε = {base.attack.eps * 255:g}/255, "
-        f"{base.pretrain.epochs}+{base.finetune.epochs} epochs. Seeds: {exp.seeds}.\n",
-        f"Robust accuracy: PGD-{exp.pgd_steps} with {exp.pgd_restarts} restarts on a seeded random subsample of "
-        f"{exp.n_robust} test images (an image counts when correct clean and attacked); "
-        f"Square attack ({exp.square_queries} queries) at the largest ε on {exp.n_square}. Attributions: Integrated Gradients "
-        f"(baseline {exp.attribution.baseline}, completeness error ≤ {exp.attribution.tol:.0%}) on {exp.attribution.n_images} "
-        "test images, clean and PGD-attacked.\n",
+        *_report_header(exp, base),
         "## Mean ± std over seeds\n",
         markdown_table(
             summary,
             ["recipe", "seeds", "test_acc", "test_auc", "test_bal_acc", "test_ece", *eps_cols, "square_acc", "train_seconds"],
         ),
         "\n## Attribution quality (mean ± std over seeds)\n",
-        markdown_table(
-            summary,
-            [
-                "recipe",
-                "ig_clean_region_mass",
-                "ig_attacked_region_mass",
-                "ig_clean_pointing_game",
-                "ig_clean_deletion_auc",
-                "ig_clean_insertion_auc",
-                "randomisation_spearman",
-                "infidelity",
-            ],
-        ),
+        markdown_table(summary, _ATTRIBUTION_COLUMNS),
         "\n`region_mass`: share of positive attribution inside the label region (lesion mask or centre 32×32); "
         "chance level is the region's area. Deletion / insertion AUC (a blurred copy as the reference image): "
         "lower / higher is better. "
@@ -323,6 +325,21 @@ def write_experiment_report(
     ]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"
+
+
+def _report_header(exp: ExperimentConfig, base: RunConfig) -> list[str]:
+    """The report's title and the paragraphs saying what was trained and how it was scored."""
+    return [
+        f"# Experiment `{exp.name}`\n",
+        f"Base config: `{exp.base}` — data `{base.data.dataset}` ({base.data.image_size} px), encoder `{base.model.arch}`, "
+        f"training attack PGD-{base.attack.steps} at ε = {base.attack.eps * 255:g}/255, "
+        f"{base.pretrain.epochs}+{base.finetune.epochs} epochs. Seeds: {exp.seeds}.\n",
+        f"Robust accuracy: PGD-{exp.pgd_steps} with {exp.pgd_restarts} restarts on a seeded random subsample of "
+        f"{exp.n_robust} test images (an image counts when correct clean and attacked); "
+        f"Square attack ({exp.square_queries} queries) at the largest ε on {exp.n_square}. Attributions: Integrated Gradients "
+        f"(baseline {exp.attribution.baseline}, completeness error ≤ {exp.attribution.tol:.0%}) on {exp.attribution.n_images} "
+        "test images, clean and PGD-attacked.\n",
+    ]
 
 
 def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None) -> Path:
@@ -348,7 +365,8 @@ def _ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
     items = [splits.test[i] for i in _pick_both_classes(splits.test.labels, n)]
     images = torch.stack([it[0] for it in items])
     labels = torch.tensor([it[1] for it in items])
-    return save_attack_grid(models, images, labels, base.attack, folder / "ig_grid.png", baseline=exp.attribution.baseline)
+    grid = GridConfig(attack=base.attack, baseline=exp.attribution.baseline)
+    return save_attack_grid(models, images, labels, folder / "ig_grid.png", grid)
 
 
 def _pick_both_classes(labels: np.ndarray, n: int) -> list[int]:

@@ -17,14 +17,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from robustdx.core.config import AttackConfig, DatasetName, RunConfig
+from robustdx.core.config import AttackConfig, DatasetName, PixelBudget, RunConfig
 from robustdx.core.data import ImageDataset, Splits
-from robustdx.core.evaluation.metrics import classification_metrics, predict, robust_accuracy
+from robustdx.core.evaluation.metrics import classification_metrics, predict
+from robustdx.core.evaluation.robustness import EvalConfig, robust_accuracy
 from robustdx.core.explain import quality as attr_metrics
-from robustdx.core.explain.ig import attribution_map, fast_integrated_gradients
+from robustdx.core.explain.adaptive import fast_integrated_gradients
+from robustdx.core.explain.maps import attribution_map
 
 Objective = Literal["robust_mean", "clean", "robust"]
 SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")  # what the promotion gates compare
@@ -66,31 +69,35 @@ def attribution_score(
     return float(attr_metrics.mass_in_region(attribution_map(ig.attributions), masks).mean())
 
 
-def validation_scores(
-    model: nn.Module,
-    cfg: RunConfig,
-    splits: Splits,
-    device: torch.device,
-    eps: float,
-    n_robust: int = 256,
-    n_attr: int = 16,
-    steps: int | None = None,
-) -> dict[str, Any]:
-    """Clean, robust (PGD at ``eps``) and attribution scores of ``model`` on the validation split.
+class ScoringSettings(BaseModel):
+    """What :func:`validation_scores` measures: the ε of the robust score and how many images each score uses."""
 
-    ``steps`` defaults to ``cfg.eval_attack.steps``; restarts and seed come from ``cfg`` so two models
-    scored with the same ``cfg`` see the same images and the same random starts.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eps: PixelBudget = Field(..., description="L∞ budget of the robust score in [0, 1] pixel units (the serving ε).")
+    n_robust: int = Field(256, ge=1, description="Validation images attacked with PGD (a seeded subsample).")
+    n_attr: int = Field(16, ge=0, description="Validation images explained with IG for the attribution score (0: skip).")
+    steps: int | None = Field(None, ge=1, le=1000, description="PGD steps; None: the run's ``eval_attack.steps``.")
+
+
+def validation_scores(
+    model: nn.Module, cfg: RunConfig, splits: Splits, device: torch.device, settings: ScoringSettings
+) -> dict[str, Any]:
+    """Clean, robust (PGD at ``settings.eps``) and attribution scores of ``model`` on the validation split.
+
+    ``settings.steps`` defaults to ``cfg.eval_attack.steps``; restarts and seed come from ``cfg`` so two
+    models scored with the same ``cfg`` see the same images and the same random starts.
     """
+    eps = settings.eps
     model.to(device).eval()
     probs, labels, _groups = predict(model, DataLoader(splits.val, batch_size=cfg.data.eval_batch_size), device)
     clean = classification_metrics(probs, labels)
-    attack = AttackConfig(eps=eps, steps=steps or cfg.eval_attack.steps, restarts=cfg.eval_attack.restarts)
-    robust = robust_accuracy(
-        model, splits.val, attack, device, cfg.data.eval_batch_size, max_n=n_robust, seed=cfg.seed, n_boot=200
-    )
+    attack = AttackConfig(eps=eps, steps=settings.steps or cfg.eval_attack.steps, restarts=cfg.eval_attack.restarts)
+    sample = EvalConfig(max_n=settings.n_robust, batch_size=cfg.data.eval_batch_size, seed=cfg.seed, n_boot=200)
+    robust = robust_accuracy(model, splits.val, attack, sample, device=device)
     attribution = None
-    if n_attr:  # 0 skips the attribution score (and loading its images)
-        x, _y, masks, _region = region_batch(splits, cfg, n_attr, split="val")
+    if settings.n_attr:  # 0 skips the attribution score (and loading its images)
+        x, _y, masks, _region = region_batch(splits, cfg, settings.n_attr, split="val")
         attribution = attribution_score(model, x.to(device), masks.to(device))
     return {
         "clean_acc": float(clean["acc"]),

@@ -12,10 +12,11 @@ confidence intervals:
   weights explains the image, not the model.
 
 Maps are ``amap: [B, H, W]`` tensors produced elsewhere (e.g. channel-summed IG, see
-:func:`to_map`). Functions that need attributions recomputed take ``explain_fn(model, inputs,
+:func:`robustdx.core.explain.maps.attribution_map`). Functions that need attributions recomputed take ``explain_fn(model, inputs,
 target) -> attributions`` (``[B, C, H, W]`` or ``[B, H, W]``): the model is an argument because
 the randomisation check must explain a different model. Models are run in eval mode with parameter
-gradients off and their state restored (:func:`robustdx.core.attacks.pgd.frozen_eval`).
+gradients off and their state restored (:func:`robustdx.core.attacks.base.frozen_eval`). The images
+deletion / insertion paste in are the shared baselines of :mod:`robustdx.core.explain.baselines`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +32,10 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 from scipy.stats import spearmanr
 from torch import Tensor, nn
-from torchvision.transforms.functional import gaussian_blur
 
-from robustdx.core.attacks.pgd import frozen_eval
+from robustdx.core.attacks import frozen_eval
+from robustdx.core.explain.baselines import RISE_BLUR, Baseline, make_baseline
+from robustdx.core.explain.maps import Reduce, attribution_map
 
 ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``explain_fn(model, inputs [B, C, H, W], target [B]) -> attributions [B, C, H, W] or [B, H, W]``."""
@@ -43,19 +46,9 @@ Target = int | Tensor
 # --------------------------------------------------------------------------------------------
 # shapes
 # --------------------------------------------------------------------------------------------
-def to_map(attr: Tensor, absolute: bool = False) -> Tensor:
-    """Reduce input-shaped attributions ``[B, C, H, W]`` to a map ``[B, H, W]`` by summing channels
-    (of ``|attr|`` when ``absolute``); a ``[B, H, W]`` map is returned as is (or its ``abs``)."""
-    if attr.ndim == 3:
-        return attr.abs() if absolute else attr
-    if attr.ndim != 4:
-        raise ValueError(f"attributions must be [B, C, H, W] or [B, H, W], got shape {tuple(attr.shape)}")
-    return (attr.abs() if absolute else attr).sum(1)
-
-
 def _check_map(amap: Tensor) -> Tensor:
     if amap.ndim != 3:
-        raise ValueError(f"amap must be [B, H, W] (reduce channels with to_map), got shape {tuple(amap.shape)}")
+        raise ValueError(f"amap must be [B, H, W] (reduce channels with attribution_map), got shape {tuple(amap.shape)}")
     return amap.detach().float()
 
 
@@ -144,23 +137,18 @@ def centre_mask(h: int, w: int, frac: float = 32 / 96) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # faithfulness: deletion / insertion
 # --------------------------------------------------------------------------------------------
-def _baseline(x: Tensor, baseline: str | Tensor) -> Tensor:
-    """The image the deleted pixels take (and insertion starts from): ``black``, ``blur`` (Gaussian,
-    kernel 11, σ 5, as in RISE's insertion), ``mean`` (per-image channel means) or a tensor
-    broadcastable to ``x``."""
+def _baseline(x: Tensor, baseline: Baseline | str | Tensor) -> Tensor:
+    """The image the deleted pixels take (and insertion starts from): a :class:`Baseline` of ``x`` —
+    ``black``, ``blur``, ``noise`` or ``mean`` (per-image channel means) — or a tensor broadcastable
+    to ``x``. ``blur`` is RISE's insertion blur (:data:`~robustdx.core.explain.baselines.RISE_BLUR`,
+    kernel 11, σ 5), milder than IG's default blur baseline."""
     if isinstance(baseline, Tensor):
         return baseline.to(x).expand_as(x)
-    if baseline == "black":
-        return torch.zeros_like(x)
-    if baseline == "blur":
-        return gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
-    if baseline == "mean":
-        return x.mean((2, 3), keepdim=True).expand_as(x)
-    raise ValueError(f"baseline must be 'black', 'blur', 'mean' or a tensor, got {baseline!r}")
+    return make_baseline(x, baseline, blur=RISE_BLUR)
 
 
 def deletion_insertion_auc(
-    model: nn.Module, x: Tensor, amap: Tensor, target: Target, steps: int = 16, baseline: str | Tensor = "black"
+    model: nn.Module, x: Tensor, amap: Tensor, target: Target, *, steps: int = 16, baseline: Baseline | str | Tensor = "black"
 ) -> dict[str, Tensor]:
     """Deletion and insertion scores (Petsiuk et al. 2018, "RISE", Sec. 4.1), batched.
 
@@ -240,18 +228,32 @@ def _gaussian_perturbation(noise_std: float, multiply_by_inputs: bool) -> Callab
     return perturb
 
 
+@dataclass(frozen=True)
+class PerturbationConfig:
+    """The perturbations of :func:`infidelity_and_sensitivity`.
+
+    Attributes:
+        n_perturb: perturbations per image (for each of the two scores).
+        noise_std: std of the Gaussian perturbations of infidelity (see :func:`_gaussian_perturbation`).
+        perturb_radius: L∞ radius (pixel units) of the uniform input noise of max-sensitivity.
+        multiply_by_inputs: True for attributions of the gradient×input family (IG, DeepLIFT,
+            gradient×input), False for gradient-like ones (saliency without ``abs``, SmoothGrad).
+        normalize: captum's scale-invariant infidelity (the map rescaled by its best-fitting constant).
+        seed: seed of both perturbation draws; the caller's RNG state is restored.
+        max_batch: captum's ``max_examples_per_batch`` (bounds memory: ``B·n_perturb`` images otherwise).
+    """
+
+    n_perturb: int = 10
+    noise_std: float = 0.03
+    perturb_radius: float = 0.02
+    multiply_by_inputs: bool = True
+    normalize: bool = False
+    seed: int = 0
+    max_batch: int | None = None
+
+
 def infidelity_and_sensitivity(
-    model: nn.Module,
-    x: Tensor,
-    explain_fn: ExplainFn,
-    target: Target,
-    n_perturb: int = 10,
-    noise_std: float = 0.03,
-    perturb_radius: float = 0.02,
-    multiply_by_inputs: bool = True,
-    normalize: bool = False,
-    seed: int = 0,
-    max_batch: int | None = None,
+    model: nn.Module, x: Tensor, explain_fn: ExplainFn, target: Target, config: PerturbationConfig | None = None
 ) -> dict[str, Tensor]:
     """Infidelity and max-sensitivity (Yeh et al. 2019, "On the (in)fidelity and sensitivity of
     explanations"), via ``captum.metrics.infidelity`` and ``captum.metrics.sensitivity_max``.
@@ -263,36 +265,38 @@ def infidelity_and_sensitivity(
 
     Args:
         explain_fn: ``explain_fn(model, inputs, target)``, see :data:`ExplainFn`.
-        multiply_by_inputs: True for attributions of the gradient×input family (IG, DeepLIFT,
-            gradient×input), False for gradient-like ones (saliency without ``abs``, SmoothGrad).
-        normalize: captum's scale-invariant infidelity (the map rescaled by its best-fitting constant).
-        seed: seed of both perturbation draws; the caller's RNG state is restored.
-        max_batch: captum's ``max_examples_per_batch`` (bounds memory: ``B·n_perturb`` images otherwise).
+        config: the perturbations; None: the defaults of :class:`PerturbationConfig`.
 
     Returns:
         ``infidelity`` and ``sensitivity_max``, each ``[B]``.
     """
-    if n_perturb < 1:
-        raise ValueError(f"n_perturb must be >= 1, got {n_perturb!r}")
+    cfg = config or PerturbationConfig()
+    if cfg.n_perturb < 1:
+        raise ValueError(f"n_perturb must be >= 1, got {cfg.n_perturb!r}")
     x = x.detach()
     t = _targets(target, x.shape[0], x.device)
     explain = _captum_explainer(model, explain_fn)
     with frozen_eval(model), torch.random.fork_rng(devices=_cuda_devices(x)):
-        torch.manual_seed(seed)
+        torch.manual_seed(cfg.seed)
         (attr,) = explain((x,), t)
         infid = infidelity(
             model,
-            _gaussian_perturbation(noise_std, multiply_by_inputs),
+            _gaussian_perturbation(cfg.noise_std, cfg.multiply_by_inputs),
             x,
             attr,
             target=t,
-            n_perturb_samples=n_perturb,
-            max_examples_per_batch=max_batch,
-            normalize=normalize,
+            n_perturb_samples=cfg.n_perturb,
+            max_examples_per_batch=cfg.max_batch,
+            normalize=cfg.normalize,
         )
-        torch.manual_seed(seed)
+        torch.manual_seed(cfg.seed)
         sens = sensitivity_max(
-            explain, x, perturb_radius=perturb_radius, n_perturb_samples=n_perturb, max_examples_per_batch=max_batch, target=t
+            explain,
+            x,
+            perturb_radius=cfg.perturb_radius,
+            n_perturb_samples=cfg.n_perturb,
+            max_examples_per_batch=cfg.max_batch,
+            target=t,
         )
     return {"infidelity": infid.detach(), "sensitivity_max": sens.detach()}
 
@@ -364,7 +368,7 @@ def randomisation_check(model: nn.Module, x: Tensor, explain_fn: ExplainFn, targ
     maps = []
     for net in (model, twin):
         with frozen_eval(net), torch.enable_grad():
-            maps.append(to_map(explain_fn(net, x.clone().requires_grad_(True), t).detach(), absolute=True))
+            maps.append(attribution_map(explain_fn(net, x.clone().requires_grad_(True), t).detach(), Reduce.ABS))
     rho = spearman_per_image(*maps)
     return {
         "spearman": rho,

@@ -9,6 +9,8 @@ Pure Python (no BentoML import), shared by the promotion flow (writer) and the s
   half a file. The service never falls back to a bare ``:latest``.
 * :func:`promotion_lock` serialises promotions and rollbacks; :func:`append_audit` records each decision
   in ``promotions.jsonl``.
+* :func:`force_production` is the one way to move the pointer *without* the promotion gates (the
+  demo's ``--bundle``): under the lock, and recorded in the audit log as ``forced`` with its reason.
 """
 
 from __future__ import annotations
@@ -156,6 +158,24 @@ def append_audit(home: Path | str | None, record: dict[str, Any]) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     return path
+
+
+def force_production(home: Path | str | None, tag: str, reason: str, lock_timeout: float = 900.0) -> Pointer:
+    """Point production at ``tag`` *without the promotion gates*, under the promotion lock, and record it.
+
+    Why: putting a bundle straight in production (``python -m robustdx.service.demo --bundle``) is a
+    deliberate bypass; taking the lock keeps it from interleaving with a promotion, and the audit
+    record (action ``forced``, with ``reason``) keeps the log a full history of the pointer. The old
+    tag becomes ``previous``, so a rollback undoes it. The tag must already be in the model store.
+
+    Raises:
+        ValueError: ``tag`` is not an exact ``name:version`` tag.
+        TimeoutError: another promotion held the lock for ``lock_timeout`` seconds.
+    """
+    with promotion_lock(home, lock_timeout):
+        pointer = write_production(home, tag)
+        append_audit(home, {"action": "forced", "tag": pointer.tag, "previous": pointer.previous, "reason": reason})
+    return pointer
 
 
 def read_audit(home: Path | str | None = None) -> list[dict[str, Any]]:

@@ -20,18 +20,13 @@ from torch.utils.data import DataLoader
 
 from robustdx.core.config import ConfigError, Recipe, Regime, RunConfig, dump_config
 from robustdx.core.data import Splits, build_splits
-from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict, robust_accuracy
+from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict
 from robustdx.core.evaluation.report import write_report
+from robustdx.core.evaluation.robustness import EvalConfig, robust_accuracy
 from robustdx.core.models import RobustDxNet, build_model
 from robustdx.core.release.bundle import load_bundle, save_bundle
-from robustdx.core.training.trainer import (
-    EpochCallback,
-    StageResult,
-    Trainer,
-    atomic_write_bytes,
-    resolve_device,
-    seed_everything,
-)
+from robustdx.core.training.trainer import EpochCallback, StagePlan, StageResult, Trainer
+from robustdx.core.util import atomic_write_bytes, resolve_device, seed_everything
 
 RECIPES: dict[Recipe, list[tuple[Regime, str]]] = {
     Recipe.CE: [(Regime.CE, "pretrain")],
@@ -53,6 +48,8 @@ def stage_dir(cfg: RunConfig, index: int) -> Path:
 
 @dataclass
 class RunResult:
+    """A finished run: its folder, stage results, test metrics, bundle and report, and the trained model."""
+
     run_dir: Path
     stages: list[StageResult]
     metrics: dict[str, Any]
@@ -62,6 +59,7 @@ class RunResult:
 
 
 def has_classifier(recipe: Recipe) -> bool:
+    """Whether ``recipe`` ends in a classifier head (every recipe but the bare SupCon encoders)."""
     return RECIPES[recipe][-1][0] not in (Regime.SUPCON, Regime.ADV_SUPCON)
 
 
@@ -97,7 +95,8 @@ def evaluate_model(
     if has_classifier(cfg.recipe):
         test = classification_metrics(*predict(model, DataLoader(splits.test, batch_size=bs), device))
         val = classification_metrics(*predict(model, DataLoader(splits.val, batch_size=bs), device))
-        robust = robust_accuracy(model, splits.test, cfg.eval_attack, device, bs, max_n=max_robust, seed=cfg.seed)
+        sample = EvalConfig(max_n=max_robust, batch_size=bs, seed=cfg.seed)
+        robust = robust_accuracy(model, splits.test, cfg.eval_attack, sample, device=device)
         robust = {k: v for k, v in robust.items() if k not in ("items", "robust_correct")}
         return {"test": test, "val": val, "robust": robust}
     tf, tl = embeddings(model, splits.train_eval, device, bs, max_n=1024)
@@ -139,14 +138,8 @@ def run_recipe(
     stages: list[StageResult] = []
     for i, (regime, key) in enumerate(RECIPES[cfg.recipe]):
         stage_cfg = getattr(cfg, key)
-        trainer = Trainer(
-            cfg,
-            regime,
-            stage_cfg,
-            splits_for(regime in (Regime.SUPCON, Regime.ADV_SUPCON)),
-            stage_dir(cfg, i),
-            callbacks,
-        )
+        plan = StagePlan(regime=regime, stage=stage_cfg, folder=stage_dir(cfg, i))
+        trainer = Trainer(cfg, plan, splits=splits_for(regime in (Regime.SUPCON, Regime.ADV_SUPCON)), callbacks=callbacks)
         log(f"stage {i + 1}/{len(RECIPES[cfg.recipe])}: {regime} ({stage_cfg.epochs} epochs) on {device}")
         stages.append(trainer.fit(model))
     splits = splits_for(False)
@@ -155,20 +148,29 @@ def run_recipe(
         metrics = json.loads(metrics_path.read_text())
     else:
         log("evaluating on the test split (clean and PGD)")
-        metrics = evaluate_model(model, cfg, splits, device)
-        metrics["stages"] = [
-            {
-                "regime": s.regime,
-                "monitor": s.monitor,
-                "best_score": s.best_score,
-                "best_epoch": s.best_epoch,
-                "seconds": s.seconds,
-            }
-            for s in stages
-        ]
-        ref = reference_statistics(model, splits, device, cfg.n_reference, has_classifier(cfg.recipe))
-        save_bundle(bundle_path, model.cpu(), cfg, metrics, splits.card(), ref)
-        atomic_write_bytes(metrics_path, lambda p: p.write_text(json.dumps(metrics, indent=2)))
+        metrics = _evaluate_and_bundle(model, cfg, stages, splits, device)
     bundle = load_bundle(bundle_path)
     report = write_report(run_dir / "report.md", cfg, stages, metrics, bundle)
     return RunResult(run_dir, stages, metrics, bundle_path, report, bundle.model)
+
+
+def _evaluate_and_bundle(
+    model: RobustDxNet, cfg: RunConfig, stages: list[StageResult], splits: Splits, device: torch.device
+) -> dict[str, Any]:
+    """Evaluate the trained model, write its bundle (with the drift reference) and ``metrics.json``;
+    return the metrics."""
+    metrics = evaluate_model(model, cfg, splits, device)
+    metrics["stages"] = [
+        {
+            "regime": s.regime,
+            "monitor": s.monitor,
+            "best_score": s.best_score,
+            "best_epoch": s.best_epoch,
+            "seconds": s.seconds,
+        }
+        for s in stages
+    ]
+    ref = reference_statistics(model, splits, device, cfg.n_reference, has_classifier(cfg.recipe))
+    save_bundle(cfg.run_dir / "bundle", model.cpu(), cfg, metrics, splits.card(), ref)
+    atomic_write_bytes(cfg.run_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    return metrics

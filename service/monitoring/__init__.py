@@ -1,2 +1,3 @@
-"""Production monitoring of the service: Prometheus metrics, drift and the robustness probe (:mod:`.monitor`),
-computed off the request path."""
+"""Production monitoring of the service, computed off the request path: the Prometheus metric objects
+(:mod:`.metrics`), the drift statistics (:mod:`.drift`), the PGD robustness probe (:mod:`.robustness`)
+and the background thread that schedules them (:mod:`.monitor`)."""

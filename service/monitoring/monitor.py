@@ -1,23 +1,19 @@
-"""Prometheus metrics of the robustdx service, computed off the request path.
-
-Names and labels come from :mod:`robustdx.core.contracts` (fixed there for dashboards and alerts).
+"""The background monitor of the robustdx service: buffers live samples and schedules drift and robustness.
 
 Request path (cheap, O(1) per image): the prediction counter, confidence / margin histograms, and
 appending the image's embedding, positive-class score and (for a sampled fraction) the image itself
 to bounded buffers. Everything expensive runs in one background daemon thread per worker:
 
-* **drift** — every ``drift_every`` new live samples (once the window holds ``min_window``), MMD
-  with a permutation p-value between the sliding window of live embeddings and the bundle's
-  reference embeddings, plus KS and PSI of the positive-class score against the reference scores
-  (:mod:`robustdx.core.drift`), exported as gauges;
-* **robustness** — a fraction ``robust_sample_rate`` of live images is queued (bounded; dropped
-  when full, never blocking) and attacked with a small PGD at the serving ε (the bundle's
-  ``eval_attack.eps``) against the model's own prediction, on a *private copy* of the model so
-  request threads never share it; the flip rate and mean robust margin over the last
+* **drift** (:mod:`.drift`) — every ``drift_every`` new live samples (once the window holds
+  ``min_window``), the sliding window of live embeddings and scores against the bundle's reference,
+  exported as gauges;
+* **robustness** (:mod:`.robustness`) — a fraction ``robust_sample_rate`` of live images is queued
+  (bounded; dropped when full, never blocking) and attacked with a small PGD at the serving ε (the
+  bundle's ``eval_attack.eps``) against the model's own prediction, on a *private copy* of the model
+  so request threads never share it; the flip rate and mean robust margin over the last
   ``robust_window`` attacked images are exported as gauges.
 
-Multiprocess mode (``bentoml serve`` sets ``PROMETHEUS_MULTIPROC_DIR``): counters and histograms sum
-over workers; gauges use ``livemostrecent`` (the latest value written by a live worker).
+The metric objects and their names: :mod:`.metrics` (from :mod:`robustdx.core.contracts`).
 """
 
 from __future__ import annotations
@@ -32,70 +28,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from prometheus_client import Counter, Gauge, Histogram
 from torch import Tensor
 
-from robustdx.core import contracts as names
+from robustdx.service.monitoring.drift import measure_drift
+from robustdx.service.monitoring.metrics import metrics
+from robustdx.service.monitoring.robustness import probe
 
 log = logging.getLogger("robustdx.service.monitoring.monitor")
-
-_PROB_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
-_DELTA_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-_LOCK = threading.Lock()
-_METRICS: Metrics | None = None
-
-
-@dataclass
-class Metrics:
-    predictions: Counter
-    confidence: Histogram
-    margin: Histogram
-    referrals: Counter
-    drift_mmd: Gauge
-    drift_mmd_p: Gauge
-    drift_ks: Gauge
-    drift_ks_p: Gauge
-    drift_psi: Gauge
-    drift_window: Gauge
-    flip_rate: Gauge
-    robust_margin: Gauge
-    robust_samples: Counter
-    ig_delta: Histogram
-    model_info: Gauge
-
-
-def metrics() -> Metrics:
-    """The process's metric objects (created once; re-creating would clash in the registry)."""
-    global _METRICS
-    with _LOCK:
-        if _METRICS is None:
-            d = {k: v[2] for k, v in names.METRICS.items()}
-
-            def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
-                return Gauge(name, d[name], labels, multiprocess_mode="livemostrecent")
-
-            _METRICS = Metrics(
-                predictions=Counter(names.PREDICTIONS, d[names.PREDICTIONS], [names.LABEL_CLASS]),
-                confidence=Histogram(names.CONFIDENCE, d[names.CONFIDENCE], buckets=_PROB_BUCKETS),
-                margin=Histogram(names.MARGIN, d[names.MARGIN], buckets=_PROB_BUCKETS),
-                referrals=Counter(names.REFERRALS, d[names.REFERRALS]),
-                drift_mmd=gauge(names.DRIFT_MMD),
-                drift_mmd_p=gauge(names.DRIFT_MMD_P),
-                drift_ks=gauge(names.DRIFT_KS),
-                drift_ks_p=gauge(names.DRIFT_KS_P),
-                drift_psi=gauge(names.DRIFT_PSI),
-                drift_window=gauge(names.DRIFT_WINDOW),
-                flip_rate=gauge(names.ADV_FLIP_RATE),
-                robust_margin=gauge(names.ROBUST_MARGIN),
-                robust_samples=Counter(names.ROBUST_SAMPLES, d[names.ROBUST_SAMPLES]),
-                ig_delta=Histogram(names.IG_DELTA, d[names.IG_DELTA], buckets=_DELTA_BUCKETS),
-                model_info=gauge(names.MODEL_INFO, names.INFO_LABELS),
-            )
-        return _METRICS
 
 
 @dataclass(frozen=True)
 class MonitorSettings:
+    """Window sizes, schedule and sampling of the monitor (the service sets the ``ROBUSTDX_*`` ones,
+    see :meth:`robustdx.service.settings.ServiceSettings.monitor_settings`)."""
+
     window: int = 64
     min_window: int = 16
     drift_every: int = 16
@@ -123,14 +69,6 @@ def _malloc_trim() -> Any:
         return libc.malloc_trim
     except (OSError, AttributeError):
         return None
-
-
-def _margin(logits: Tensor, target: Tensor) -> Tensor:
-    """Logit of ``target`` minus the best other logit (negative = the prediction flipped)."""
-    own = logits.gather(1, target[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, target[:, None], float("-inf"))
-    return own - other.max(1).values
 
 
 class Monitor:
@@ -257,33 +195,14 @@ class Monitor:
         return torch.stack(list(self._emb)), self._ref_emb, list(self._score), self._ref_score  # type: ignore[return-value]
 
     def _compute_drift(self, live: Tensor, ref: Tensor, scores: list[float], ref_scores: Tensor | None) -> None:
-        from robustdx.core.drift import ks_test, mmd_permutation_test, psi
-
-        res = mmd_permutation_test(live, ref, n_perm=self.settings.n_perm, seed=self.settings.seed)
-        self.m.drift_mmd.set(res.statistic)
-        self.m.drift_mmd_p.set(res.p_value)
-        self.m.drift_window.set(len(live))
-        if ref_scores is not None and len(ref_scores):
-            ks = ks_test(ref_scores.numpy(), scores)
-            self.m.drift_ks.set(ks.statistic)
-            self.m.drift_ks_p.set(ks.p_value)
-            self.m.drift_psi.set(psi(ref_scores.numpy(), scores))
+        measure_drift(live, ref, scores, ref_scores, self.settings.n_perm, self.settings.seed).publish(self.m)
         self.drift_runs += 1
 
     def _compute_robustness(self, model: torch.nn.Module, x: Tensor, eps: float) -> None:
-        from robustdx.core.attacks.pgd import attack_ce
-        from robustdx.core.config import AttackConfig
-
-        with torch.no_grad():
-            pred = model(x).argmax(1)
-        cfg = AttackConfig(eps=eps, steps=self.settings.robust_steps)
-        x_adv = attack_ce(model, x, pred, cfg) if eps > 0 else x
-        with torch.no_grad():
-            logits = model(x_adv)
-        margin = _margin(logits, pred)
+        flips, margins = probe(model, x, eps, self.settings.robust_steps)
         with self._cv:
-            self._flips.extend((logits.argmax(1) != pred).float().tolist())
-            self._margins.extend(margin.tolist())
+            self._flips.extend(flips)
+            self._margins.extend(margins)
             flip_rate = sum(self._flips) / len(self._flips)
             mean_margin = sum(self._margins) / len(self._margins)
         self.m.flip_rate.set(flip_rate)

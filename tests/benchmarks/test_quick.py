@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from robustdx.core.data.synthetic import histology_patch
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from robustdx.core.data import DataError, ImageDataset, build_splits
 from robustdx.core.data.base import open_mask
 from robustdx.core.data.busi import CLASSES, FOLDER, records
 from robustdx.core.data.transforms import eval_transform, train_transform
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 pytestmark = pytest.mark.data
 

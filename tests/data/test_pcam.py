@@ -12,7 +12,7 @@ from pydantic import ValidationError
 import robustdx.core.data as data
 from robustdx.core.config import ConfigError, DataConfig, parse_config
 from robustdx.core.data import DataError, build_splits
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 
 pytestmark = pytest.mark.data
 

@@ -7,10 +7,10 @@ own process group and a temporary data directory, and the fixture's finaliser st
 
 Why a plugin module and not a conftest: the deploy tests (``tests/deploy``) and the end-to-end alert
 test (``tests/integration``) share these fixtures, and pytest shares a conftest's fixtures only with
-the tests below it. ``tests/deploy/conftest.py`` registers this module for the deploy tests; a module
-elsewhere opts in with ``pytest_plugins = ["tests.deploy.stack"]``. Registered once, each session
-fixture (the trained model, the service, the receiver) exists once per test session. The Prefect
-server is the root conftest's ``prefect_server``.
+the tests below it. The root ``tests/conftest.py`` registers this module once
+(``pytest_plugins = ["tests.deploy.stack"]``), so each session fixture (the trained model, the
+service, the receiver) exists once per test session. The Prefect server is the root conftest's
+``prefect_server``.
 
 Fixtures: ``monitoring_tools`` (session), ``model_home``, ``service``, ``pushgateway``,
 ``alert_receiver`` (session) and ``alert_pipeline`` (module: service -> Prometheus -> Alertmanager ->
@@ -33,7 +33,6 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import httpx
 import numpy as np
 import pytest
 
+from robustdx.core.util import free_port, wait_until
 from robustdx.flows import localstack
 from robustdx.flows.localstack import (
     INSTALL_COMMAND,  # noqa: F401 - test_stack.py checks the command ensure_tools runs
@@ -57,7 +57,6 @@ from robustdx.flows.localstack import (
     pushgateway_argv,
     write_yaml,
 )
-from robustdx.service.local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -183,13 +182,7 @@ class Prom:
 
     def wait_for(self, expr: str, ok: Callable[[list[float]], bool] = bool, timeout: float = 60.0) -> list[float]:
         """Poll ``expr`` until ``ok(values)``; the last values are in the timeout message."""
-        deadline, last = time.monotonic() + timeout, []
-        while time.monotonic() < deadline:
-            last = self.values(expr)
-            if ok(last):
-                return last
-            time.sleep(0.5)
-        raise TimeoutError(f"{expr!r} never satisfied the condition in {timeout:.0f} s; last values: {last}")
+        return wait_until(lambda: self.values(expr), timeout, f"{expr!r} to satisfy the condition", ok=ok, interval=0.5)
 
     def alerts(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
@@ -246,13 +239,12 @@ def feed(url: str, images: Iterator[bytes], per_request: int = 4) -> int:
 def wait_monitor_idle(url: str, drift_runs_before: int, timeout: float = 120.0) -> dict[str, Any]:
     """Wait until the service's background monitor has processed every queued sample and computed
     drift again since ``drift_runs_before`` (``GET /model`` exposes its state)."""
-    deadline, mon = time.monotonic() + timeout, {}
-    while time.monotonic() < deadline:
-        mon = httpx.get(f"{url}/model", timeout=10).json()["monitor"]
-        if mon["idle"] and mon["drift_runs"] > drift_runs_before:
-            return mon
-        time.sleep(0.3)
-    raise TimeoutError(f"the service's monitor did not settle in {timeout:.0f} s: {mon}")
+    return wait_until(
+        lambda: httpx.get(f"{url}/model", timeout=10).json()["monitor"],
+        timeout,
+        "the service's monitor to settle",
+        ok=lambda mon: mon["idle"] and mon["drift_runs"] > drift_runs_before,
+    )
 
 
 def drift_runs(url: str) -> int:
@@ -327,7 +319,7 @@ def model_home(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from robustdx.core.release.pointer import write_production
     from robustdx.core.release.store import save_bundle_to_store
     from robustdx.core.training.recipes import run_recipe
-    from tests.conftest import tiny_raw
+    from tests.support.configs import tiny_raw
 
     home = tmp_path_factory.mktemp("stack_bentoml_home")
     runs = tmp_path_factory.mktemp("stack_runs")
@@ -423,11 +415,10 @@ def live_prometheus(
     proc = start_prometheus(tools, local_prometheus_config(targets, rule_files, alertmanager), workdir)
     try:
         prom = Prom(proc.url)
-        deadline = time.monotonic() + 30
-        while (health := prom.targets_up()) != dict.fromkeys(targets, "up"):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Prometheus targets not up after 30 s: {health}\n{proc.tail()}")
-            time.sleep(0.3)
+        try:
+            wait_until(prom.targets_up, 30, "every Prometheus target up", ok=lambda up: up == dict.fromkeys(targets, "up"))
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}\n{proc.tail()}") from None
         yield prom
     finally:
         proc.stop()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from robustdx.service.local import free_port
+from robustdx.core.util import free_port
 from tests.deploy.dockerfile import DOCKERFILE, in_context, parse, requirements_of
 from tests.deploy.stack import BIN, REPO, VENV_BIN, Proc
 

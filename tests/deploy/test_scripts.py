@@ -14,13 +14,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from robustdx.core.util import wait_until
 from robustdx.service.local import SERVICE
 from tests.deploy.dockerfile import parse
 from tests.deploy.stack import BIN, DEPLOY, VENV_BIN, Proc, load_yaml, start_on_free_port
@@ -125,14 +125,11 @@ def test_worker_script_creates_the_process_pool_and_registers(worker: tuple[Proc
                 return "", []
             return wp.type, [w.name for w in await client.read_workers_for_work_pool(pool)]
 
-    deadline = time.monotonic() + 30
-    while True:
-        kind, workers = asyncio.run(registered())
-        if workers or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    try:
+        kind, workers = wait_until(lambda: asyncio.run(registered()), 30, f"a worker on {pool}", ok=lambda r: bool(r[1]))
+    except TimeoutError as err:
+        raise AssertionError(f"no worker registered on {pool}: {err}\n{proc.tail()}") from None
     assert kind == "process"
-    assert workers, f"no worker registered on {pool}:\n{proc.tail()}"
 
 
 @pytest.mark.integration

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_raw
+from tests.support.configs import tiny_raw
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e
 

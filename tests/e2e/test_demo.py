@@ -14,7 +14,7 @@ import yaml
 
 from robustdx.core.release.pointer import append_audit, read_production
 from robustdx.service.demo import rejection_note
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

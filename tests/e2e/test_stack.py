@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from robustdx.core.release.pointer import read_production
+from robustdx.core.util import wait_until
 from robustdx.flows.localstack import (
     DEPLOYMENTS,
     UI_DEPLOYMENTS,
@@ -41,8 +42,9 @@ from robustdx.flows.localstack import (
     read_records,
     wait_flow_run,
 )
-from tests.conftest import REPO, write_tiny_sweep
 from tests.deploy.stack import free_stack_ports
+from tests.support.configs import write_tiny_sweep
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -211,10 +213,8 @@ def test_a_run_from_the_ui_promotes_and_the_service_reloads(stack: Stack, chromi
     assert decision["description"].startswith("promoted"), decision["description"]
     assert pointer.tag in decision["data"]
     # the flow reloaded the running service through /admin/reload (with the token from <root>/admin-token)
-    deadline = time.monotonic() + 30
-    while (served := _served_tag(stack.url("service"))) != pointer.tag and time.monotonic() < deadline:
-        time.sleep(1)
-    assert served == pointer.tag
+    service = stack.url("service")
+    wait_until(lambda: _served_tag(service), 30, f"the service to serve {pointer.tag}", ok=lambda tag: tag == pointer.tag)
 
     page = stack.url("prefect") + UI_RUNS
     assert run["name"] in chromium.dom(page), f"{run['name']} not listed on {page}"

@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from robustdx.core.util import free_port
 from robustdx.service.local import LocalServer as Server
-from robustdx.service.local import free_port
 
 __all__ = ["Server", "free_port", "png_bytes"]
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from robustdx.core.util import wait_until
 from robustdx.flows.alerts import DRIFT_EVENT
-from robustdx.flows.pipeline import RetrainParams
+from robustdx.flows.params import RetrainParams
 from robustdx.flows.schedule import build_deployments
 
 if TYPE_CHECKING:  # a pytest plugin (registered in tests/conftest.py), so that its asserts are rewritten
@@ -65,16 +66,6 @@ async def flow_runs(deployment_id: Any) -> list[Any]:
         return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
-def wait(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} within {timeout:.0f} s")
-
-
 def test_no_drift_no_alert_then_stain_shift_fires_the_alert_and_reaches_prefect(alert_pipeline: AlertPipeline) -> None:
     p = alert_pipeline
     started = time.time() - 1
@@ -92,12 +83,18 @@ def test_no_drift_no_alert_then_stain_shift_fires_the_alert_and_reaches_prefect(
     # a stain no training hospital has: MMD rejects, the alert fires with retrain="true"
     p.send(40, shifted=True, start=30_000)
     p.prom.wait_for('robustdx:drift_detected{job="robustdx-service"}', lambda v: v == [1.0], timeout=30)
-    firing = wait("RobustdxDriftHigh firing in Prometheus", lambda: (a := p.prometheus_alert()) and a["state"] == "firing" and a)
+    firing = wait_until(
+        p.prometheus_alert,
+        60,
+        "RobustdxDriftHigh firing in Prometheus",
+        ok=lambda alert: bool(alert) and alert["state"] == "firing",
+        interval=0.5,
+    )
     assert firing["labels"]["retrain"] == "true" and firing["labels"]["severity"] == "warning"
     assert firing["labels"]["instance"] == p.resource_id.removeprefix("robustdx.service.")
 
     # Alertmanager has it and routed it to the receiver
-    (am_alert,) = wait("the alert in Alertmanager", p.alertmanager_alerts)
+    (am_alert,) = wait_until(p.alertmanager_alerts, 60, "the alert in Alertmanager", interval=0.5)
     assert am_alert["receivers"] == [{"name": "robustdx-retrain"}]
 
     # the receiver emitted the event, and the Prefect server stored it
@@ -112,7 +109,7 @@ def test_no_drift_no_alert_then_stain_shift_fires_the_alert_and_reaches_prefect(
     assert 'robustdx_alert_receiver_alerts_total{outcome="emitted"}' in emitted
 
     # ... and the drift trigger turned it into one retrain run (later notifications fall in the cooldown)
-    runs = wait("a retrain/on-drift flow run", lambda: asyncio.run(flow_runs(deployment_id)), timeout=60)
+    runs = wait_until(lambda: asyncio.run(flow_runs(deployment_id)), 60, "a retrain/on-drift flow run", interval=0.5)
     time.sleep(3)
     runs = asyncio.run(flow_runs(deployment_id))
     assert len(runs) == 1, [r.name for r in runs]

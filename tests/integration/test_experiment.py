@@ -11,7 +11,7 @@ import yaml
 
 from robustdx.core.config import load_experiment
 from robustdx.core.evaluation.experiment import run_experiment
-from tests.conftest import tiny_raw
+from tests.support.configs import tiny_raw
 
 pytestmark = pytest.mark.integration
 

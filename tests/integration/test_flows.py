@@ -14,9 +14,10 @@ import pytest
 from robustdx.core.release.gates import GateConfig
 from robustdx.core.release.pointer import read_production
 from robustdx.core.release.store import list_models
-from robustdx.flows.pipeline import RetrainParams, SweepParams, retrain_flow
+from robustdx.flows.params import RetrainParams, SweepParams
+from robustdx.flows.pipeline import retrain_flow
 from robustdx.flows.release import EvaluationSettings
-from tests.conftest import write_tiny_sweep
+from tests.support.configs import write_tiny_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

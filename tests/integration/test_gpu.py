@@ -13,8 +13,8 @@ import torch
 
 from robustdx.core.config import parse_config
 from robustdx.core.training.recipes import run_recipe
-from tests.conftest import tiny_raw
 from tests.support.activations import training_conv_activations
+from tests.support.configs import tiny_raw
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 

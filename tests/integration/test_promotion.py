@@ -22,7 +22,7 @@ from robustdx.core.release.pointer import read_audit, read_production
 from robustdx.core.release.store import list_models, model_path
 from robustdx.core.training.recipes import run_recipe
 from robustdx.flows.release import EvaluationSettings, evaluate_against_production, promote, rollback
-from tests.conftest import learnable_raw
+from tests.support.configs import learnable_raw
 
 pytestmark = [pytest.mark.integration]
 
@@ -116,7 +116,8 @@ def test_two_promotions_at_once_do_not_corrupt_the_store(bundles: dict[str, str]
 def test_promote_flow_records_the_decision(bundles: dict[str, str], home: Path, prefect_server: str) -> None:
     from prefect.client.orchestration import get_client
 
-    from robustdx.flows.pipeline import PromoteParams, promote_flow
+    from robustdx.flows.params import PromoteParams
+    from robustdx.flows.pipeline import promote_flow
 
     promote_flow(PromoteParams(bundle=bundles["good"], evaluation=FAST, bentoml_home=str(home)))
     out = promote_flow(PromoteParams(bundle=bundles["worse"], evaluation=FAST, bentoml_home=str(home)))

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from robustdx.flows.alerts import DRIFT_EVENT
-from robustdx.flows.pipeline import RetrainParams, SweepParams
+from robustdx.flows.params import RetrainParams, SweepParams
 from robustdx.flows.schedule import NIGHTLY, ON_DRIFT, build_deployments, drift_trigger
 
 pytestmark = [pytest.mark.integration]

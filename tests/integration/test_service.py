@@ -1,8 +1,9 @@
 """The BentoML service run for real: ``bentoml serve`` on a free 127.0.0.1 port with a tiny trained
 model promoted into a temporary BentoML home. Checks every endpoint, the 4xx contract, a seeded fuzz
 run of 1,000+ malformed requests, token-protected hot reload under concurrent traffic (zero failed
-requests; a tampered bundle is refused), and that the drift and robustness metrics move when a
-stain-shifted stream is sent."""
+requests; a tampered bundle is refused), that the drift and robustness metrics move when a
+stain-shifted stream is sent, and that start-up stops with a clear message without a model or with
+a bad setting."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from PIL import Image
 
 from robustdx.core.config import parse_config
 from robustdx.core.contracts import METRICS
-from robustdx.core.release.pointer import PointerError, pointer_path, read_production, resolve_tag, write_production
+from robustdx.core.release.pointer import read_production, write_production
 from robustdx.core.training.recipes import run_recipe
-from tests.conftest import tiny_raw
+from robustdx.core.util import wait_until
 from tests.deploy.stack import stain_patch
 from tests.integration.service_harness import Server, png_bytes
+from tests.support.configs import tiny_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -366,13 +368,16 @@ def _stream(client: httpx.Client, shifted: bool, n: int, start: int) -> None:
 
 def _settled(client: httpx.Client, runs_before: int, timeout: float = 90) -> dict[str, float]:
     """Wait until the background monitor has processed everything sent (and run drift again)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def done() -> bool:
         mon = client.get("/model").json()["monitor"]
-        if mon["idle"] and mon["drift_runs"] > runs_before:
-            return scrape(client)
-        time.sleep(0.3)
-    raise AssertionError(f"monitor did not settle: {client.get('/model').json()['monitor']}")
+        return mon["idle"] and mon["drift_runs"] > runs_before
+
+    try:
+        wait_until(done, timeout, "the monitor to settle")
+    except TimeoutError as err:
+        raise AssertionError(f"monitor did not settle: {client.get('/model').json()['monitor']}") from err
+    return scrape(client)
 
 
 def test_drift_and_robustness_metrics_move_under_stain_shift(client: httpx.Client) -> None:
@@ -460,29 +465,21 @@ def test_no_5xx_was_ever_served(client: httpx.Client) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# production pointer and start-up without a model (no running server needed)
+# start-up failures: the service refuses to start and says why (the pointer itself: tests/unit/core/release)
 # ------------------------------------------------------------------------------------------------
-def test_production_pointer_is_exact_atomic_and_keeps_previous(tmp_path: Path) -> None:
-    assert read_production(tmp_path) is None
-    with pytest.raises(LookupError, match="ROBUSTDX_MODEL_TAG"):
-        resolve_tag(tmp_path, env={})
-    with pytest.raises(ValueError, match="latest"):
-        write_production(tmp_path, "robustdx-classifier:latest")
-    write_production(tmp_path, "robustdx-classifier:aaa")
-    p = write_production(tmp_path, "robustdx-classifier:bbb")
-    assert (p.tag, p.previous) == ("robustdx-classifier:bbb", "robustdx-classifier:aaa") and read_production(tmp_path) == p
-    assert write_production(tmp_path, "robustdx-classifier:bbb").previous == "robustdx-classifier:aaa"  # idempotent
-    assert [f.name for f in pointer_path(tmp_path).parent.iterdir()] == ["production.json"]  # no temp files left
-    assert resolve_tag(tmp_path, env={}) == "robustdx-classifier:bbb"
-    assert resolve_tag(tmp_path, env={"ROBUSTDX_MODEL_TAG": "robustdx-classifier:ccc"}) == "robustdx-classifier:ccc"
-    pointer_path(tmp_path).write_text("{not json")
-    with pytest.raises(PointerError, match="production.json"):
-        read_production(tmp_path)
-
-
-def test_service_without_a_promoted_model_fails_at_startup_clearly(tmp_path: Path) -> None:
-    env = {"BENTOML_HOME": str(tmp_path / "empty_home"), "BENTOML_DO_NOT_TRACK": "True", "ROBUSTDX_MODEL_TAG": ""}
+def _startup_error(tmp_path: Path, **env: str) -> str:
+    env = {"BENTOML_HOME": str(tmp_path / "empty_home"), "BENTOML_DO_NOT_TRACK": "True", **env}
     with pytest.raises((RuntimeError, TimeoutError)) as err:
         with Server(env, tmp_path / "serve.log", timeout=90):
             pass
-    assert "no model to serve" in str(err.value) and "ROBUSTDX_MODEL_TAG" in str(err.value)
+    return str(err.value)
+
+
+def test_service_without_a_promoted_model_fails_at_startup_clearly(tmp_path: Path) -> None:
+    message = _startup_error(tmp_path, ROBUSTDX_MODEL_TAG="")
+    assert "no model to serve" in message and "ROBUSTDX_MODEL_TAG" in message
+
+
+def test_a_bad_setting_fails_at_startup_naming_the_variable(tmp_path: Path) -> None:
+    message = _startup_error(tmp_path, ROBUSTDX_MAX_BATCH_SIZE="abc")
+    assert "ROBUSTDX_MAX_BATCH_SIZE='abc'" in message and "valid integer" in message

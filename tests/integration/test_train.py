@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from robustdx.core.config import ConfigError, Recipe, parse_config
 from robustdx.core.release.bundle import load_bundle
 from robustdx.core.training.recipes import RECIPES, has_classifier, run_recipe
-from tests.conftest import tiny_raw
 from tests.support.activations import training_conv_activations
+from tests.support.configs import tiny_raw
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,11 @@ import pytest
 import yaml
 
 from robustdx.core.config import load_config
-from robustdx.flows.tune.driver import SweepConfig, load_sweep, run_sweep
-from tests.conftest import REPO, tiny_raw
+from robustdx.core.config.sweep import SweepConfig
+from robustdx.core.util import free_port
+from robustdx.flows.tune.driver import load_sweep, run_sweep
+from tests.support.configs import tiny_raw
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -107,10 +109,6 @@ def test_sweep_on_local_ray_writes_table_plot_and_best_config(camelyon_root: Pat
 
 
 # ------------------------------------------------------------------------------- local cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -151,7 +149,7 @@ def ray_cluster(num_cpus: int = 2) -> Iterator[Cluster]:
     import psutil
 
     tmp = Path(tempfile.mkdtemp(prefix="rdx-ray-", dir="/tmp"))
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -164,7 +162,7 @@ def ray_cluster(num_cpus: int = 2) -> Iterator[Cluster]:
         f"--port={port}",
         f"--temp-dir={tmp}",
         *(
-            f"--{flag}={_free_port()}"
+            f"--{flag}={free_port()}"
             for flag in (
                 "dashboard-port",
                 "dashboard-agent-listen-port",

@@ -14,7 +14,7 @@ import pytest
 
 from robustdx.core.config import parse_config
 from robustdx.core.training.recipes import run_recipe
-from tests.conftest import synthetic_camelyon, tiny_raw
+from tests.support.configs import synthetic_camelyon, tiny_raw
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

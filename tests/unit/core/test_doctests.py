@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-MODULES = ["attacks.pgd", "drift", "losses", "models"]
+MODULES = ["attacks.pgd", "drift", "explain.baselines", "explain.maps", "losses", "models", "registry"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -45,8 +45,8 @@ from robustdx.flows.localstack import (
     up,
     write_records,
 )
-from tests.conftest import REPO
 from tests.deploy.stack import free_stack_ports
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.unit
 

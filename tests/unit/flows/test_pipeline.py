@@ -9,8 +9,8 @@ from prefect.states import Failed
 
 from robustdx.core.config import parse_config
 from robustdx.core.errors import ConfigError, DataError
-from robustdx.flows.pipeline import RetrainParams, _key, _transient, best_run_config
-from tests.conftest import tiny_raw
+from robustdx.flows.pipeline import _key, _transient, best_run_config
+from tests.support.configs import tiny_raw
 
 pytestmark = pytest.mark.unit
 
@@ -41,8 +41,3 @@ def test_best_run_config_renames_and_applies_full_training_overrides(tmp_path: P
     assert cfg.finetune.epochs == 9 and not cfg.progress
     with pytest.raises(ConfigError, match="finetune.epoch"):
         best_run_config(best, ["finetune.epoch=9"], str(tmp_path), "x")
-
-
-def test_retrain_params_reject_unknown_keys() -> None:
-    with pytest.raises(ValueError, match="train_override"):
-        RetrainParams.model_validate({"train_override": []})

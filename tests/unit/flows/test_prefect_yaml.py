@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from robustdx.flows.pipeline import RetrainParams
+from robustdx.flows.params import RetrainParams
 from robustdx.flows.schedule import DEFAULT_COOLDOWN, DEFAULT_CRON, NIGHTLY, ON_DRIFT, build_deployments
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.unit
 

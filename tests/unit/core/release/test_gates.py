@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
-
 import pytest
 
 from robustdx.core.release.gates import GateConfig, decide
-from robustdx.core.release.pointer import append_audit, promotion_lock, read_audit
 
 pytestmark = pytest.mark.unit
 
@@ -66,39 +61,3 @@ def test_scores_at_different_eps_are_refused() -> None:
 def test_gate_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="clean_tolerence"):
         GateConfig.model_validate({"clean_tolerence": 0.1})
-
-
-def test_lock_serialises_and_audit_keeps_order(tmp_path: Path) -> None:
-    order: list[str] = []
-
-    def worker(name: str) -> None:
-        with promotion_lock(tmp_path):
-            order.append(f"{name}-in")
-            time.sleep(0.2)
-            append_audit(tmp_path, {"action": name})
-            order.append(f"{name}-out")
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert order[0][:1] == order[1][:1] and order[2][:1] == order[3][:1]  # no interleaving
-    assert [r["action"] for r in read_audit(tmp_path)] == [order[0][0], order[2][0]]
-
-
-def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
-    with promotion_lock(tmp_path):
-        errors: list[BaseException] = []
-
-        def other() -> None:
-            try:
-                with promotion_lock(tmp_path, timeout=0.2):
-                    pass
-            except TimeoutError as err:
-                errors.append(err)
-
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-    assert errors and "another promotion holds" in str(errors[0])

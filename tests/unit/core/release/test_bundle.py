@@ -24,7 +24,8 @@ from robustdx.core.release.bundle import (
     save_bundle,
     verify_bundle,
 )
-from tests.conftest import REPO, tiny_raw
+from tests.support.configs import tiny_raw
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.unit
 

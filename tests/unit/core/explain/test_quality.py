@@ -7,9 +7,13 @@ import pytest
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
 
 from robustdx.core.config import ModelConfig
+from robustdx.core.explain.baselines import make_baseline
+from robustdx.core.explain.maps import attribution_map
 from robustdx.core.explain.quality import (
+    PerturbationConfig,
     centre_mask,
     deletion_insertion_auc,
     infidelity_and_sensitivity,
@@ -18,7 +22,6 @@ from robustdx.core.explain.quality import (
     randomisation_check,
     randomised_copy,
     spearman_per_image,
-    to_map,
 )
 from robustdx.core.models import RobustDxNet, build_model
 
@@ -48,6 +51,15 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x.flatten(1))
+
+
+class Texture(nn.Module):
+    """Class-1 logit grows with the mean horizontal pixel-to-pixel change: blur of any width lowers it,
+    by how much depends on the width."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = 100.0 * (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3)) - 2.0
+        return torch.stack([-z / 2, z / 2], 1)
 
 
 def square_mask() -> Tensor:
@@ -86,7 +98,7 @@ def tiny_cnn(seed: int = 0) -> RobustDxNet:
 @pytest.mark.parametrize("explain", [saliency, integrated_gradients], ids=["saliency", "ig"])
 def test_planted_square_localisation(explain) -> None:  # noqa: ANN001 - a test parameter
     x = images()
-    amap = to_map(explain(SquareEvidence(), x, torch.ones(6, dtype=torch.long)))
+    amap = attribution_map(explain(SquareEvidence(), x, torch.ones(6, dtype=torch.long)))
     assert pointing_game(amap, square_mask()).all()
     assert not pointing_game(amap, disjoint_mask()).any()
     assert mass_in_region(amap, square_mask()) == pytest.approx(torch.ones(6), abs=1e-6)
@@ -112,7 +124,7 @@ def test_mass_in_region_signs_and_degenerate_maps() -> None:
         assert mass_in_region(amap, m).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"\(1, 24, 24\)"):
         mass_in_region(amap, torch.ones(1, 10, 10))
-    with pytest.raises(ValueError, match="to_map"):
+    with pytest.raises(ValueError, match="attribution_map"):
         mass_in_region(amap[None], mask)
 
 
@@ -148,7 +160,7 @@ def test_centre_mask() -> None:
 def test_deletion_insertion_rank_a_true_map_above_a_random_one() -> None:
     model, x = SquareEvidence(), images(8)
     target = torch.ones(8, dtype=torch.long)
-    true_map = to_map(saliency(model, x, target)) + 1e-3 * torch.rand(8, SIZE, SIZE)  # break ties at random
+    true_map = attribution_map(saliency(model, x, target)) + 1e-3 * torch.rand(8, SIZE, SIZE)  # break ties at random
     random_map = torch.rand(8, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     good = deletion_insertion_auc(model, x, true_map, target, steps=16)
     bad = deletion_insertion_auc(model, x, random_map, 1, steps=16)
@@ -169,7 +181,7 @@ def test_deletion_insertion_baselines_and_model_state() -> None:
     model = tiny_cnn(0).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, amap = images(4), torch.rand(4, SIZE, SIZE)
-    for baseline in ("black", "blur", "mean", torch.full((3, 1, 1), 0.5)):
+    for baseline in ("black", "blur", "noise", "mean", torch.full((3, 1, 1), 0.5)):
         out = deletion_insertion_auc(model, x, amap, 0, steps=4, baseline=baseline)
         assert out["deletion"].shape == (4,) and ((out["deletion"] >= 0) & (out["deletion"] <= 1)).all()
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -177,6 +189,19 @@ def test_deletion_insertion_baselines_and_model_state() -> None:
         deletion_insertion_auc(model, x, amap, 0, baseline="white")
     with pytest.raises(ValueError, match="target"):
         deletion_insertion_auc(model, x, amap, torch.zeros(3, dtype=torch.long))
+
+
+def test_deletion_blur_is_rises() -> None:
+    """The fully deleted image under ``baseline="blur"`` is RISE's blur (torchvision, kernel 11, σ 5), not
+    IG's stronger default blur baseline."""
+    model, x = Texture(), images(3)
+    out = deletion_insertion_auc(model, x, torch.rand(3, SIZE, SIZE), 1, steps=2, baseline="blur")
+    with torch.no_grad():
+        rise = torch.softmax(model(gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])), 1)[:, 1]
+        ig_blur = torch.softmax(model(make_baseline(x, "blur")), 1)[:, 1]
+    assert out["deletion_curve"][:, -1] == pytest.approx(rise, abs=1e-5)
+    assert out["insertion_curve"][:, 0] == pytest.approx(rise, abs=1e-5)
+    assert not torch.allclose(rise, ig_blur, atol=1e-3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,9 +220,9 @@ def test_infidelity_is_zero_for_exact_attributions_of_a_linear_model() -> None:
     def noise(m: nn.Module, inp: Tensor, tgt: Tensor) -> Tensor:  # the same wrong map for every input
         return pattern.expand_as(inp)
 
-    exact = infidelity_and_sensitivity(model, x, grad_x_input, t, multiply_by_inputs=True)
-    exact_grad = infidelity_and_sensitivity(model, x, saliency, t, multiply_by_inputs=False)
-    wrong = infidelity_and_sensitivity(model, x, noise, t, multiply_by_inputs=True)
+    exact = infidelity_and_sensitivity(model, x, grad_x_input, t, PerturbationConfig(multiply_by_inputs=True))
+    exact_grad = infidelity_and_sensitivity(model, x, saliency, t, PerturbationConfig(multiply_by_inputs=False))
+    wrong = infidelity_and_sensitivity(model, x, noise, t, PerturbationConfig(multiply_by_inputs=True))
     assert exact["infidelity"].shape == (5,) and exact["sensitivity_max"].shape == (5,)
     assert exact["infidelity"].max().item() < 1e-10
     assert exact_grad["infidelity"].max().item() < 1e-10
@@ -210,13 +235,16 @@ def test_infidelity_and_sensitivity_on_a_cnn_are_seeded_and_leave_state_alone() 
     model = tiny_cnn(0).train()
     x = images(4)
     rng = torch.get_rng_state()
-    a = infidelity_and_sensitivity(model, x, saliency, 1, n_perturb=4, multiply_by_inputs=False, seed=1)
-    b = infidelity_and_sensitivity(model, x, saliency, 1, n_perturb=4, multiply_by_inputs=False, seed=1)
-    c = infidelity_and_sensitivity(model, x, integrated_gradients, 1, n_perturb=4, max_batch=8)
+    saliency_cfg = PerturbationConfig(n_perturb=4, multiply_by_inputs=False, seed=1)
+    a = infidelity_and_sensitivity(model, x, saliency, 1, saliency_cfg)
+    b = infidelity_and_sensitivity(model, x, saliency, 1, saliency_cfg)
+    c = infidelity_and_sensitivity(model, x, integrated_gradients, 1, PerturbationConfig(n_perturb=4, max_batch=8))
     assert torch.equal(rng, torch.get_rng_state())
     assert torch.equal(a["infidelity"], b["infidelity"]) and torch.equal(a["sensitivity_max"], b["sensitivity_max"])
     assert (a["sensitivity_max"] > 0).all() and (c["infidelity"] >= 0).all() and c["sensitivity_max"].shape == (4,)
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="n_perturb must be >= 1"):
+        infidelity_and_sensitivity(model, x, saliency, 1, PerturbationConfig(n_perturb=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,12 +274,8 @@ def test_randomised_copy_refuses_to_reproduce_the_weights() -> None:
         randomised_copy(model, seed=0)  # built from torch.manual_seed(0): the same draw
 
 
-def test_spearman_and_to_map() -> None:
+def test_spearman() -> None:
     a = torch.rand(3, 5, 5)
     assert spearman_per_image(a, a * 2 + 1) == pytest.approx(torch.ones(3))
     assert spearman_per_image(a, -a) == pytest.approx(-torch.ones(3))
     assert spearman_per_image(a, torch.ones(3, 5, 5)).isnan().all()
-    attr = torch.tensor([[[[1.0]], [[-2.0]], [[0.5]]]])
-    assert to_map(attr).item() == pytest.approx(-0.5) and to_map(attr, absolute=True).item() == pytest.approx(3.5)
-    with pytest.raises(ValueError, match="shape"):
-        to_map(torch.ones(2, 3))

@@ -1,16 +1,16 @@
-"""L∞ attacks: invariants, model-state hygiene, equality with torchattacks, presets and validation."""
+"""PGD and FGSM-RS on the cross-entropy and the two-view SupCon attack: invariants, torchattacks equality, presets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from robustdx.core.attacks.pgd import attack_ce, attack_supcon, frozen_eval
-from robustdx.core.config import AttackConfig, AttackSpace, ModelConfig
+from robustdx.core.attacks import attack_ce, attack_supcon
+from robustdx.core.config import AttackConfig
 from robustdx.core.losses import cross_entropy, supcon_loss
-from robustdx.core.models import RobustDxNet, build_model
+from robustdx.core.models import RobustDxNet
+from tests.support.classifiers import batch, snapshot, tiny_model
 
 pytestmark = pytest.mark.unit
 
@@ -18,20 +18,8 @@ EPS = 8 / 255
 ALPHA = 2 / 255
 
 
-def tiny_model(seed: int = 0) -> RobustDxNet:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(arch="test_cnn", proj_dim=8, head_hidden=8))
 
 
-def batch(seed: int = 0, b: int = 8, interior: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] (``interior``: in [0.1, 0.9], so no pixel can reach the range's bounds
-    within 8/255) and labels with both classes."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(b, 3, 16, 16, generator=g)
-    if interior:
-        x = 0.1 + 0.8 * x
-    y = torch.arange(b) % 2
-    return x, y
 
 
 def per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,13 +31,6 @@ def per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return out
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-# --------------------------------------------------------------------------------------------
-# invariants
-# --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("restarts", [1, 3])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_attack_ce_invariants(restarts: int, seed: int) -> None:
@@ -85,85 +66,8 @@ def test_attack_ce_restarts_keep_worst_case() -> None:
 # --------------------------------------------------------------------------------------------
 # the model is left as it was found
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("restarts", [1, 2])
-def test_attack_restores_model_state(training: bool, restarts: int) -> None:
-    model = tiny_model(0)
-    model.train(training)
-    for p in model.projector.parameters():  # a mix of frozen and trainable parameters
-        p.requires_grad_(False)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    before = snapshot(model)
-    x, y = batch(0)
-    attack_ce(model, x, y, AttackConfig(eps=EPS, steps=3, restarts=restarts))
-    assert model.training is training
-    assert all(m.training is training for m in model.modules())
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert all(p.grad is None for p in model.parameters())
-    after = snapshot(model)
-    for k, v in before.items():
-        assert torch.equal(v, after[k]), f"{k} changed during the attack"
 
 
-def test_attack_in_train_mode_leaves_batchnorm_stats_and_grads_alone() -> None:
-    model = tiny_model(0).train()
-    x, y = batch(0)
-    # A forward in train mode does move the running statistics (so the check below can fail).
-    probe = tiny_model(0).train()
-    bn_before = probe.encoder[0][1].running_mean.clone()
-    probe(x)
-    assert not torch.equal(bn_before, probe.encoder[0][1].running_mean)
-
-    # Existing parameter gradients (mid-step) are neither cleared nor accumulated into.
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 0.5)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    stats = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
-    x_adv = attack_ce(model, x, y, AttackConfig(eps=EPS, steps=3, restarts=2))
-    views = torch.stack([x, x_adv], 1)
-    attack_supcon(model, views, y, AttackConfig(eps=EPS, steps=2), temperature=0.1)
-    assert model.training
-    for m, (mean, var, n) in zip(bns, stats, strict=True):
-        assert torch.equal(m.running_mean, mean)
-        assert torch.equal(m.running_var, var)
-        assert torch.equal(m.num_batches_tracked, n)
-    for p in model.parameters():
-        assert torch.equal(p.grad, torch.full_like(p, 0.5))
-
-
-def test_attack_uses_eval_mode_inside() -> None:
-    """The attack must see eval-mode outputs: dropout off, BatchNorm on running statistics."""
-    model = tiny_model(0).train()
-    seen: list[bool] = []
-    model.classifier.register_forward_hook(lambda m, i, o: seen.append(m.training))
-    x, y = batch(0)
-    attack_ce(model, x, y, AttackConfig(eps=EPS, steps=2))
-    assert seen and not any(seen)
-    assert model.training
-
-
-def test_frozen_eval_restores_per_module_modes() -> None:
-    """Each submodule gets its own mode back, not the top-level flag."""
-    model = tiny_model(0)
-    model.train()
-    model.encoder.eval()  # the linear-probe setting: frozen encoder keeps its BN statistics
-    modes = {n: m.training for n, m in model.named_modules()}
-    with frozen_eval(model):
-        assert not any(m.training for m in model.modules())
-    assert {n: m.training for n, m in model.named_modules()} == modes
-
-
-def test_frozen_eval_restores_on_exception() -> None:
-    model = tiny_model(0).train()
-    with pytest.raises(RuntimeError, match="boom"), frozen_eval(model):
-        raise RuntimeError("boom")
-    assert model.training
-    assert all(p.requires_grad for p in model.parameters())
-
-
-# --------------------------------------------------------------------------------------------
-# equality with torchattacks' PGD
-# --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("random_start", [True, False])
 @pytest.mark.parametrize("interior", [True, False], ids=["interior", "full_range"])
 def test_attack_ce_matches_torchattacks(random_start: bool, interior: bool) -> None:
@@ -210,6 +114,8 @@ def test_attack_can_move_saturated_pixels(random_start: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # budgets, FGSM-RS, the paper preset
 # --------------------------------------------------------------------------------------------
+
+
 def test_eps_zero_returns_input_unchanged() -> None:
     model = tiny_model(0).train()
     x, y = batch(0)
@@ -247,19 +153,6 @@ def test_fgsm_rs() -> None:
     assert ((x_adv - x).abs() >= EPS - 1e-6).float().mean().item() > 0.5
 
 
-def test_paper_preset_config() -> None:
-    cfg = AttackConfig.paper()
-    assert cfg.space == AttackSpace.NORMALIZED
-    assert cfg.eps == pytest.approx(0.2)
-    assert cfg.alpha == pytest.approx(0.01)
-    assert cfg.steps == 10
-    assert cfg.random_start is False
-    assert cfg.clamp is False
-    assert cfg.name == "pgd"
-    # eps=0.2 is legal in normalised space even though it is large in pixels... and 20 would be too.
-    assert AttackConfig(eps=20, space="normalized").eps == 20
-
-
 def test_paper_preset_perturbation_bounds() -> None:
     model = tiny_model(0).eval()
     x, y = batch(0)
@@ -291,31 +184,8 @@ def test_normalized_space_needs_normalize_layer() -> None:
 # --------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------
-def test_attack_config_rejects_pixel_eps_above_one() -> None:
-    with pytest.raises(ValidationError, match="8/255"):
-        AttackConfig(eps=8)
-    with pytest.raises(ValidationError):
-        AttackConfig(eps=-0.1)
-    with pytest.raises(ValidationError):
-        AttackConfig(steps=0)
-    with pytest.raises(ValidationError):
-        AttackConfig(name="cw")
-    with pytest.raises(ValidationError):
-        AttackConfig(epsilon=0.1)  # extra keys are forbidden
 
 
-def test_attack_config_parses_fractions() -> None:
-    assert AttackConfig(eps="8/255").eps == pytest.approx(8 / 255)
-    assert AttackConfig(eps=" 4 / 255 ").eps == pytest.approx(4 / 255)
-    assert AttackConfig(eps="8/255", step_size="2/255").alpha == pytest.approx(2 / 255)
-    assert AttackConfig(eps=0.03).eps == pytest.approx(0.03)
-    with pytest.raises(ValidationError, match="8/255"):
-        AttackConfig(eps="2040/255")
-
-
-# --------------------------------------------------------------------------------------------
-# the two-view SupCon attack
-# --------------------------------------------------------------------------------------------
 def supcon_at(model: RobustDxNet, views: torch.Tensor, y: torch.Tensor) -> float:
     """The SupCon loss of ``views`` under ``model.project`` in eval mode, τ = 0.1."""
     was = model.training
@@ -370,20 +240,3 @@ def test_attack_supcon_increases_loss(seed: int) -> None:
     clean, attacked = supcon_at(model, views, y), supcon_at(model, adv, y)
     assert attacked >= clean - 1e-6
     assert attacked > clean + 1e-4
-
-
-@pytest.mark.parametrize("arch", ["test_cnn", "resnet18", "resnet50"])
-def test_fold_batchnorm_keeps_the_function_and_removes_every_batchnorm(arch: str) -> None:
-    from robustdx.core.attacks.pgd import fold_batchnorm, frozen_eval
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, proj_dim=8, head_hidden=8))
-    model.train()
-    model(torch.rand(4, 3, 32, 32))  # non-trivial running statistics
-    x = torch.rand(2, 3, 32, 32)
-    with frozen_eval(model):
-        twin = fold_batchnorm(model)
-        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in twin.encoder.modules())
-        assert torch.allclose(twin(x), model(x), atol=1e-4, rtol=1e-4)
-        assert torch.allclose(twin.project(x), model.project(x), atol=1e-4)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules()), "the original is untouched"

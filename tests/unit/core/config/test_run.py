@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from robustdx.core.config import (
     AttackConfig,
+    AttackSpace,
     ConfigError,
     DatasetName,
     Recipe,
@@ -18,7 +20,8 @@ from robustdx.core.config import (
     load_config,
     parse_config,
 )
-from tests.conftest import REPO, tiny_raw
+from tests.support.configs import tiny_raw
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -264,3 +267,43 @@ def test_fgsm_rs_is_one_step() -> None:
     assert AttackConfig(name="fgsm_rs").steps == 1
     with pytest.raises(ValueError, match="exactly one step"):
         AttackConfig(name="fgsm_rs", steps=5)
+
+
+def test_paper_preset_config() -> None:
+    cfg = AttackConfig.paper()
+    assert cfg.space == AttackSpace.NORMALIZED
+    assert cfg.eps == pytest.approx(0.2)
+    assert cfg.alpha == pytest.approx(0.01)
+    assert cfg.steps == 10
+    assert cfg.random_start is False
+    assert cfg.clamp is False
+    assert cfg.name == "pgd"
+    # eps=0.2 is legal in normalised space even though it is large in pixels... and 20 would be too.
+    assert AttackConfig(eps=20, space="normalized").eps == 20
+
+
+def test_attack_config_rejects_pixel_eps_above_one() -> None:
+    with pytest.raises(ValidationError, match="8/255"):
+        AttackConfig(eps=8)
+    with pytest.raises(ValidationError):
+        AttackConfig(eps=-0.1)
+    with pytest.raises(ValidationError):
+        AttackConfig(steps=0)
+    with pytest.raises(ValidationError):
+        AttackConfig(name="cw")
+    with pytest.raises(ValidationError):
+        AttackConfig(epsilon=0.1)  # extra keys are forbidden
+
+
+def test_attack_config_parses_fractions() -> None:
+    assert AttackConfig(eps="8/255").eps == pytest.approx(8 / 255)
+    assert AttackConfig(eps=" 4 / 255 ").eps == pytest.approx(4 / 255)
+    assert AttackConfig(eps="8/255", step_size="2/255").alpha == pytest.approx(2 / 255)
+    assert AttackConfig(eps=0.03).eps == pytest.approx(0.03)
+    with pytest.raises(ValidationError, match="8/255"):
+        AttackConfig(eps="2040/255")
+
+
+# --------------------------------------------------------------------------------------------
+# the two-view SupCon attack
+# --------------------------------------------------------------------------------------------

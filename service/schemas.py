@@ -1,0 +1,61 @@
+"""The service's response bodies (pydantic models BentoML puts in the OpenAPI spec at ``/docs.json``).
+
+Why separate: they are the HTTP contract — field names and meanings that clients, the demo and the
+tests read — and they change only on purpose, apart from the service class that fills them
+(:mod:`robustdx.service.app`). No BentoML here, so they are importable and testable alone.
+
+:class:`Prediction` is one image's answer of ``/predict`` (and the prediction part of ``/explain``);
+:class:`Explanation` is the answer of ``/explain``: the prediction, its Integrated-Gradients
+:class:`AttributionOut` and, with ``attack_eps`` > 0, the :class:`AttackOut` of a PGD-attacked copy;
+:class:`ReloadResult` is the answer of ``POST /admin/reload``. The models carry no class docstrings
+on purpose: pydantic would copy them into the OpenAPI spec, which the field descriptions document.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="Predicted class.", examples=["tumor"])
+    probabilities: dict[str, float] = Field(
+        description="Softmax probability per class.", examples=[{"normal": 0.08, "tumor": 0.92}]
+    )
+    confidence: float = Field(description="Probability of the predicted class.", examples=[0.92])
+    margin: float = Field(description="Top-1 minus top-2 probability.", examples=[0.84])
+    refer_to_clinician: bool = Field(description="True when confidence is below the service's threshold.", examples=[False])
+    decision: str = Field(description="The label, or 'refer to clinician' below the threshold.", examples=["tumor"])
+    model_version: str = Field(
+        description="Bundle version (first 12 hex digits of the weights' SHA-256).", examples=["3f9a1c0d2b7e"]
+    )
+
+
+class AttributionOut(BaseModel):
+    target: str = Field(description="The class explained (the prediction).", examples=["tumor"])
+    heatmap_png_base64: str = Field(description="Colour-mapped attribution map at model resolution, PNG, base64.")
+    attribution: list[list[float]] = Field(description="Channel-summed IG map, average-pooled to map_size x map_size.")
+    convergence_delta: float = Field(description="Sum of attributions minus (f(x) - f(baseline)), logit units.", examples=[0.003])
+    relative_error: float = Field(description="|delta| / |f(x) - f(baseline)|.", examples=[0.004])
+    baseline: str = Field(description="IG baseline used.", examples=["black"])
+    method: str = Field(description="IG implementation and rule.", examples=["captum:gausslegendre"])
+
+
+class AttackOut(BaseModel):
+    eps: float = Field(description="L-inf budget in [0, 1] pixel units.", examples=[0.0157])
+    steps: int = Field(examples=[10])
+    prediction: Prediction
+    attribution: AttributionOut
+    flipped: bool = Field(description="The attack changed the predicted label.")
+
+
+class Explanation(BaseModel):
+    prediction: Prediction
+    attribution: AttributionOut
+    attack: AttackOut | None = Field(None, description="Present when attack_eps > 0 (the paper's Fig. 1, live).")
+
+
+class ReloadResult(BaseModel):
+    reloaded: bool = Field(description="False when the pointer already named the serving model.")
+    tag: str = Field(examples=["robustdx-classifier:abcd1234efgh5678"])
+    version: str
+    previous_tag: str
