@@ -66,8 +66,11 @@ def _checkpoints(steps: int) -> tuple[int, int, int]:
 class _Run:
     """One APGD run on the survivors ``idx`` of a batch; per-item state, compacted as items break."""
 
-    def __init__(self, net: nn.Module, x: Tensor, y: Tensor, idx: Tensor, s: ApgdSettings, gen: torch.Generator, out: Outcome):
+    def __init__(
+        self, net: nn.Module, batch: tuple[Tensor, Tensor], idx: Tensor, s: ApgdSettings, gen: torch.Generator, out: Outcome
+    ) -> None:
         self.net, self.s, self.out, self.idx = net, s, out, idx
+        x, y = batch
         self.x0, self.y = x.index_select(0, idx), y.index_select(0, idx)
         self.shape = (-1,) + (1,) * (x.ndim - 1)
         t = (2 * torch.rand(self.x0.shape, generator=gen) - 1).to(self.x0)  # uniform, rescaled to ||δ||∞ = ε
@@ -160,5 +163,5 @@ def apgd_outcome(model: nn.Module, x: Tensor, y: Tensor, settings: ApgdSettings)
             idx = (~out.fooled).nonzero().flatten()
             if idx.numel() == 0:
                 break
-            _Run(net, x.detach(), y, idx, settings, gen, out).run()
+            _Run(net, (x.detach(), y), idx, settings, gen, out).run()
     return out

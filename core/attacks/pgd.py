@@ -153,44 +153,49 @@ def pgd_outcome(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, seed:
     if cfg.space != AttackSpace.PIXEL or not cfg.clamp:
         raise ValueError("evaluation attacks run in [0, 1] pixel space with clamping (space='pixel', clamp=true)")
     out = clean_outcome(model, x, y)
-    eps, alpha = float(cfg.eps), float(cfg.alpha)
+    eps = float(cfg.eps)
     if eps == 0:
         return out
     gen = torch.Generator().manual_seed(seed)
-    x = x.detach()
     with frozen_eval(model):
-        net = fold_batchnorm(model)
+        run = _PgdRun(fold_batchnorm(model), x.detach(), y, cfg, out)
         for _ in range(cfg.restarts):
             idx = (~out.fooled).nonzero().flatten()
             if idx.numel() == 0:
                 break
             start = torch.empty(x[idx].shape).uniform_(-eps, eps, generator=gen) if cfg.random_start else None
-            _pgd_survivors(net, x, y, idx, start, eps, alpha, cfg.steps, out)
+            run.restart(idx, start)
     return out
 
 
-def _pgd_survivors(
-    net: nn.Module, x: Tensor, y: Tensor, idx: Tensor, start: Tensor | None, eps: float, alpha: float, steps: int, out: Outcome
-) -> None:
-    """One PGD restart on the items ``idx`` (not yet broken), recording into ``out`` as items break."""
-    x0, y0 = x.index_select(0, idx), y.index_select(0, idx)
-    xa = x0.clone() if start is None else (x0 + start.to(x0)).clamp(0.0, 1.0)
-    for step in range(steps + 1):  # ``steps`` gradient steps, then the final point is checked too
-        xa = xa.detach().requires_grad_(step < steps)
-        with torch.set_grad_enabled(step < steps):
-            logits = net(xa)
-        out.evaluations.index_add_(0, idx, torch.ones_like(idx))
-        wrong = logits.argmax(1) != y0
-        out.x_adv.index_copy_(0, idx, xa.detach())  # the latest point of every survivor (the broken one for the rest)
-        out.fooled.index_fill_(0, idx[wrong], True)
-        if step == steps or bool(wrong.all()):
-            return
-        (grad,) = torch.autograd.grad(cross_entropy(logits, y0, reduction="none").sum(), xa)
-        keep = ~wrong
-        idx, x0, y0 = idx[keep], x0[keep], y0[keep]
-        with torch.no_grad():
-            delta = (xa[keep] + alpha * grad[keep].sign() - x0).clamp_(-eps, eps)
-            xa = (x0 + delta).clamp_(0.0, 1.0)
+class _PgdRun:
+    """PGD restarts of :func:`pgd_outcome` on one batch, recording into ``out`` as items break."""
+
+    def __init__(self, net: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, out: Outcome) -> None:
+        self.net, self.x, self.y, self.out = net, x, y, out
+        self.eps, self.alpha, self.steps = float(cfg.eps), float(cfg.alpha), cfg.steps
+
+    def restart(self, idx: Tensor, start: Tensor | None) -> None:
+        """One restart on the items ``idx`` (not yet broken), from ``start`` (None: the clean images)."""
+        x0, y0, out = self.x.index_select(0, idx), self.y.index_select(0, idx), self.out
+        xa = x0.clone() if start is None else (x0 + start.to(x0)).clamp(0.0, 1.0)
+        for step in range(self.steps + 1):  # ``steps`` gradient steps, then the final point is checked too
+            last = step == self.steps
+            xa = xa.detach().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = self.net(xa)
+            out.evaluations.index_add_(0, idx, torch.ones_like(idx))
+            wrong = logits.argmax(1) != y0
+            out.x_adv.index_copy_(0, idx, xa.detach())  # the latest point of every survivor (the broken one for the rest)
+            out.fooled.index_fill_(0, idx[wrong], True)
+            if last or bool(wrong.all()):
+                return
+            (grad,) = torch.autograd.grad(cross_entropy(logits, y0, reduction="none").sum(), xa)
+            keep = ~wrong
+            idx, x0, y0 = idx[keep], x0[keep], y0[keep]
+            with torch.no_grad():
+                delta = (xa[keep] + self.alpha * grad[keep].sign() - x0).clamp_(-self.eps, self.eps)
+                xa = (x0 + delta).clamp_(0.0, 1.0)
 
 
 @register_attack("pgd")
