@@ -1,66 +1,91 @@
-"""Throughput of one adversarial-SupCon training step (PGD on both views + SupCon update).
+"""Throughput of one adversarial-SupCon training step (PGD on both views + SupCon update), robustdx against
+a baseline faithful to the authors' code (github.com/rjunw/supcon-adversarial, ``utils/adversarial.py`` and
+``utils/train.py``), on the same model, batch, views and number of PGD steps, measured in the same run.
 
-Compares robustdx's step (the library's own ``SupConStrategy`` code path, as the Trainer runs it)
-against a faithful re-implementation of the authors' loop, on the same model, data and settings,
-measured in the same run:
+* authors: the model in **train mode** throughout (BatchNorm batch statistics, running statistics updated by
+  every attack forward); a uniform random start in [-ε, ε] per view; **both views attacked in one PGD loop**
+  against the joint two-view SupCon loss, each view through its own forward pass; ``loss.backward()`` inside
+  the attack, so parameter gradients are computed (and accumulate) at every attack step; ε and the step in
+  ImageNet-normalised space with no clamp to the image range; ``optimizer.zero_grad()`` after the attack,
+  then SupCon on the attacked views, backward, step. fp32, channels-first (what their code runs).
+* robustdx: one step exactly as :class:`robustdx.core.training.trainer.Trainer` runs it — the attack in eval
+  mode with input-only gradients on a BatchNorm-folded twin, both views as one batch in channels_last, pixel
+  space with a random start and clamping, then the SupCon update in train mode.
 
-* authors: attack in **train mode** (BatchNorm statistics updated by adversarial batches),
-  ``loss.backward()`` during the attack so parameter gradients are computed and accumulate,
-  one view after the other, fp32, channels-first, ε/step in normalised space, no random start;
-* robustdx: eval-mode attack with input-only gradients on both views in one batch, BatchNorm
-  folded into the convolutions for the attack, channels_last, pixel-space ε with random start.
+The step's arithmetic is counted with ``torch.utils.flop_counter`` on its passes (a forward + backward with
+weight and input gradients, and one with input gradients only) and set against the machine's matmul peak,
+measured in the same run (fp32 ``mm`` of two 2048² matrices on the same threads).
 
-Writes JSON with images/s of both, their ratio, and the settings. Images/s counts training images
-(a batch of B images with two views is B images).
-
-    python benchmarks/train_throughput.py                      # ResNet-18 @ 96 px, batch 32, PGD-5 (CPU)
-    python benchmarks/train_throughput.py --arch resnet50 --size 224 --batch 64   # on a GPU
+    python benchmarks/train_throughput.py            # ResNet-18 @ 96 px, batch 32, PGD-5, 7 interleaved repeats
+    python benchmarks/train_throughput.py --quick    # seconds: tiny CNN, checks the code path
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import time
-from collections.abc import Callable
 
 import torch
-from harness import add_common_args, write_result
+from harness import add_common_args, headline, interleaved, spread, write_result
+from torch import Tensor, nn
 
 from robustdx.core.config import AttackConfig, ModelConfig, Regime, StageConfig
-from robustdx.core.losses import supcon_loss
 from robustdx.core.models import build_model
 from robustdx.core.training.strategies import StepContext, create_strategy
 from robustdx.core.util import resolve_device
 
+GOAL = 2.0
+EPS_NORMALISED, STEP_NORMALISED = 0.2, 0.01  # the authors' settings (normalised space)
+EPS_PIXEL = 8 / 255
+TAU = 0.1
 
-def authors_step(model, opt, views: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, tau: float) -> None:
-    """The authors' Alg. 2 step as their code runs it (see module docstring)."""
+
+def authors_supcon(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """The authors' loss (HobbitLong's SupConLoss as modified in their ``utils/losses.py``): ``[B, 2, D]``
+    features, normalised inside the loss, views stacked view-major, ``+1e-6`` guards."""
+    features = nn.functional.normalize(features, p=2, dim=2)
+    b, v = features.shape[:2]
+    lab = labels.view(-1, 1)
+    mask = torch.eq(lab, lab.T).float().repeat(v, v)
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    logits = contrast @ contrast.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True)[0].detach()
+    self_mask = torch.scatter(torch.ones_like(mask), 1, torch.arange(b * v, device=mask.device).view(-1, 1), 0)
+    mask = mask * self_mask
+    exp_logits = torch.exp(logits) * self_mask
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True) + 1e-6)
+    mean_log_prob_pos = (mask * log_prob).sum(1) / (mask.sum(1) + 1e-6)
+    return -mean_log_prob_pos.view(v, b).mean()
+
+
+def authors_step(model: nn.Module, opt: torch.optim.Optimizer, views: Tensor, y: Tensor, steps: int) -> None:
+    """One step of their ``epoch_adversarial`` with ``multi_view=True`` (see the module docstring)."""
     model.train()
+    std, mean = model.normalize.std, model.normalize.mean
+    x = [(views[:, 0] - mean) / std, (views[:, 1] - mean) / std]  # their loader yields normalised tensors
+
+    def project(t: Tensor) -> Tensor:  # the model on a normalised input (their encoder + projection head)
+        return model.projector(model.encoder(t))
+
+    d1 = ((torch.rand_like(x[0]) * 2 - 1) * EPS_NORMALISED).requires_grad_(True)
+    d2 = ((torch.rand_like(x[1]) * 2 - 1) * EPS_NORMALISED).requires_grad_(True)
+    for _ in range(steps):
+        z = torch.cat([project(x[0] + d1).unsqueeze(1), project(x[1] + d2).unsqueeze(1)], dim=1)
+        authors_supcon(z, y, TAU).backward()  # parameter gradients computed and accumulated too
+        d1.data = (d1 + STEP_NORMALISED * d1.grad.detach().sign()).clamp(-EPS_NORMALISED, EPS_NORMALISED)
+        d2.data = (d2 + STEP_NORMALISED * d2.grad.detach().sign()).clamp(-EPS_NORMALISED, EPS_NORMALISED)
+        d1.grad.zero_()
+        d2.grad.zero_()
+    z = torch.cat([project(x[0] + d1.detach()).unsqueeze(1), project(x[1] + d2.detach()).unsqueeze(1)], dim=1)
+    loss = authors_supcon(z, y, TAU)
     opt.zero_grad()
-    std = model.normalize.std
-    adv = []
-    for v in range(views.shape[1]):
-        x = views[:, v]
-        delta = torch.zeros_like(x, requires_grad=True)
-        for _ in range(steps):
-            z = model.project(x + delta * std)  # delta lives in normalised space, no clamp
-            loss = supcon_loss(z, y, tau)
-            loss.backward()  # parameter gradients computed (and accumulated) too
-            with torch.no_grad():
-                delta += alpha * delta.grad.sign()
-                delta.clamp_(-eps, eps)
-            delta.grad.zero_()
-        adv.append(x + delta.detach() * std)
-    z = torch.stack([model.project(a) for a in adv], dim=1)
-    loss = supcon_loss(z, y, tau)
     loss.backward()
     opt.step()
 
 
-def robustdx_step(model, opt, strategy, ctx: StepContext, views: torch.Tensor, y: torch.Tensor) -> None:
+def robustdx_step(model: nn.Module, opt: torch.optim.Optimizer, strategy, ctx: StepContext, views: Tensor, y: Tensor) -> None:
     """One step exactly as :class:`robustdx.core.training.trainer.Trainer` performs it."""
     strategy.train_mode(model)
     loss = strategy.loss(model, views, y, True, ctx)
@@ -69,90 +94,119 @@ def robustdx_step(model, opt, strategy, ctx: StepContext, views: torch.Tensor, y
     opt.step()
 
 
-def measure(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+def pass_flops(model: nn.Module, x: Tensor, params_need_grad: bool) -> float:
+    """FLOPs of one forward + backward of the projection on ``x``, counted by ``torch.utils.flop_counter``:
+    with ``params_need_grad`` the backward computes weight and input gradients (a training step, or the
+    authors' attack step), without it input gradients only (robustdx's attack step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(params_need_grad)
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.project(x).sum().backward()
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def step_flops(model: nn.Module, views: Tensor, pgd_steps: int) -> dict[str, float]:
+    """Arithmetic of one step: the authors' attack steps compute weight gradients too, robustdx's only input
+    gradients; both end with one training forward + backward on the attacked views (BatchNorm's few FLOPs
+    aside, which folding removes from robustdx's attack)."""
+    flat = views.flatten(0, 1)
+    full, inputs_only = pass_flops(model, flat, True), pass_flops(model, flat, False)
+    return {"authors": (pgd_steps + 1) * full, "robustdx": pgd_steps * inputs_only + full}
+
+
+def matmul_peak(threads: int, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of a 2048² matrix product on ``threads`` threads (best of ``repeats``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
         t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return times
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048**3 / best / 1e9
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--pgd-steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (both sides)")
     ap.add_argument("--device", default="auto")
     add_common_args(ap, "train_throughput")
     args = ap.parse_args()
+    # fixed settings (not tuned per run); --quick only makes them tiny
+    arch, size, batch, pgd_steps, warmup, repeats, threads = "resnet18", 96, 32, 5, 2, 7, 2
     if args.quick:
-        args.arch, args.size, args.batch, args.pgd_steps, args.warmup, args.iters = "test_cnn", 16, 8, 2, 1, 2
-    load_before = os.getloadavg()
-
-    torch.set_num_threads(args.threads)
+        arch, size, batch, pgd_steps, warmup, repeats = "test_cnn", 16, 8, 2, 1, 2
+    torch.set_num_threads(threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    views = torch.rand(args.batch, 2, 3, args.size, args.size, device=device)
-    y = torch.arange(args.batch, device=device) % 2
-    tau = 0.1
-    results = {}
+    views = torch.rand(batch, 2, 3, size, size, device=device)
+    y = torch.arange(batch, device=device) % 2
+    load_before = os.getloadavg()
 
-    # authors' loop: fp32, channels-first, paper's attack settings
-    model = build_model(ModelConfig(arch=args.arch)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    t = measure(lambda: authors_step(model, opt, views, y, 0.2, 0.01, args.pgd_steps, tau), args.warmup, args.iters, device)
-    results["authors"] = t
-
-    # robustdx: the library's strategy (bf16 autocast on CUDA, as the Trainer does)
-    model = build_model(ModelConfig(arch=args.arch)).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    stage = StageConfig(temperature=tau)
+    m_a = build_model(ModelConfig(arch=arch)).to(device)
+    opt_a = torch.optim.AdamW(m_a.parameters(), lr=3e-4)
+    m_r = build_model(ModelConfig(arch=arch)).to(device).to(memory_format=torch.channels_last)
+    opt_r = torch.optim.AdamW(m_r.parameters(), lr=3e-4)
+    stage = StageConfig(temperature=TAU)
     strategy = create_strategy(Regime.ADV_SUPCON, stage)
-    ctx = StepContext(stage=stage, attack=AttackConfig(eps=8 / 255, steps=args.pgd_steps))
+    ctx = StepContext(stage=stage, attack=AttackConfig(eps=EPS_PIXEL, steps=pgd_steps))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def authors() -> None:
+        authors_step(m_a, opt_a, views, y, pgd_steps)
+        sync()
 
     def ours() -> None:
         with autocast:
-            robustdx_step(model, opt, strategy, ctx, views, y)
+            robustdx_step(m_r, opt_r, strategy, ctx, views, y)
+        sync()
 
-    results["robustdx"] = measure(ours, args.warmup, args.iters, device)
-
-    def ips(ts: list[float]) -> float:
-        return args.batch / (sorted(ts)[len(ts) // 2])
-
+    for _ in range(warmup):
+        authors()
+        ours()
+    flops = step_flops(m_a, views, pgd_steps)
+    times = interleaved({"authors": authors, "robustdx": ours}, repeats, log=lambda m: print(m, file=sys.stderr))
+    peak = matmul_peak(threads) if device.type == "cpu" else None
+    ips = {k: batch / spread(v)["median"] for k, v in times.items()}
+    achieved = {k: flops[k] / spread(times[k])["median"] / 1e9 for k in times}
     out = {
         "benchmark": "adv_supcon_train_step",
         "settings": {
-            "arch": args.arch,
-            "image_size": args.size,
-            "batch": args.batch,
-            "views": 2,
-            "pgd_steps": args.pgd_steps,
-            "threads": args.threads,
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "warmup": args.warmup,
-            "iters": args.iters,
-        },
-        "baseline_authors_images_per_s": ips(results["authors"]),
-        "robustdx_images_per_s": ips(results["robustdx"]),
-        "step_seconds": {k: v for k, v in results.items()},
+            "arch": arch, "image_size": size, "batch": batch, "views": 2, "pgd_steps": pgd_steps, "threads": threads,
+            "warmup": warmup, "repeats": repeats, "device": str(device), "temperature": TAU,
+            "authors_attack": f"eps {EPS_NORMALISED} step {STEP_NORMALISED} (normalised space), random start",
+            "robustdx_attack": "eps 8/255 (pixel space), step 2.5*eps/steps, random start",
+        },  # fmt: skip
+        "step_seconds": {k: spread(v) for k, v in times.items()},
+        "images_per_s": ips,
+        "gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
+        "achieved_gflop_per_s": achieved,
+        "matmul_peak_gflop_per_s": peak,
+        "fraction_of_matmul_peak": {k: v / peak for k, v in achieved.items()} if peak else None,
+        "headline": headline(
+            "adversarial-SupCon training step, images/s",
+            ips["robustdx"],
+            ips["authors"],
+            "images/s",
+            GOAL,
+            "the authors' loop (train-mode attack, parameter gradients, normalised space)",
+        ),
     }
-    out["speedup"] = out["robustdx_images_per_s"] / out["baseline_authors_images_per_s"]
-    print(json.dumps({k: v for k, v in out.items() if k != "step_seconds"}, indent=2))
     write_result(args, out, load_before)
+    print({k: out[k] for k in ("images_per_s", "fraction_of_matmul_peak")}, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from robustdx.core.attacks.base import Attack, channels_like, create_attack, fro
 from robustdx.core.attacks.folding import fold_batchnorm
 from robustdx.core.attacks.outcome import Outcome, clean_outcome, merge
 from robustdx.core.attacks.pgd import attack_ce, attack_supcon, pgd, pgd_outcome
-from robustdx.core.attacks.square import margin_loss, square_attack, square_p_schedule
+from robustdx.core.attacks.square import margin_loss, square_attack, square_outcome, square_p_schedule
 
 __all__ = [
     "ApgdSettings",
@@ -36,5 +36,6 @@ __all__ = [
     "pgd_outcome",
     "register_attack",
     "square_attack",
+    "square_outcome",
     "square_p_schedule",
 ]

@@ -6,11 +6,14 @@ al. 2018) looks robust to it without being robust; a score-only random search is
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
+
 import torch
 from torch import Tensor, nn
 
 from robustdx.core.attacks.base import frozen_eval
 from robustdx.core.attacks.folding import fold_batchnorm
+from robustdx.core.attacks.outcome import Outcome, clean_outcome
 
 
 def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8) -> float:
@@ -109,22 +112,58 @@ def square_attack(
     x = x.detach()
     if eps == 0 or x.shape[0] == 0:
         return x.clone()
-    gen = torch.Generator().manual_seed(seed)
+    with frozen_eval(model), torch.no_grad():
+        budget = _Budget(float(eps), n_queries, p_init)
+        x_best, _margin, _queries = _search(fold_batchnorm(model), x, y, budget, torch.Generator().manual_seed(seed))
+    return x_best
+
+
+@dataclass(frozen=True)
+class _Budget:
+    eps: float
+    n_queries: int
+    p_init: float
+
+
+def _search(net: nn.Module, x: Tensor, y: Tensor, budget: _Budget, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """The random search of :func:`square_attack`: best images, their margins and the queries each item cost."""
+    eps, n_queries, p_init = astuple(budget)
     b, c, h, w = x.shape
+    x_best = (x + eps * _random_sign((b, c, 1, w), gen).to(x)).clamp(0.0, 1.0)
+    margin = margin_loss(net(x_best), y)
+    queries = torch.ones(b, dtype=torch.long, device=x.device)
+    for it in range(n_queries - 1):
+        active = (margin > 0).nonzero().flatten()
+        if active.numel() == 0:
+            break
+        side = _square_side(square_p_schedule(it, n_queries, p_init), h, w)
+        # index_select / index_copy_: advanced indexing is much slower on small CPU batches
+        x_act, best_act, m_act = x.index_select(0, active), x_best.index_select(0, active), margin.index_select(0, active)
+        cand = _square_candidates(x_act, best_act, eps, side, gen)
+        new = margin_loss(net(cand), y.index_select(0, active))
+        better = new < m_act
+        margin.index_copy_(0, active, torch.where(better, new, m_act))
+        x_best.index_copy_(0, active, torch.where(better.view(-1, 1, 1, 1), cand, best_act))
+        queries.index_add_(0, active, torch.ones_like(active))
+    return x_best, margin, queries
+
+
+def square_outcome(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, *, n_queries: int = 1000, p_init: float = 0.8, seed: int = 0
+) -> Outcome:
+    """:func:`square_attack` for evaluation: only the items the model gets right are searched, and an item is
+    fooled when the search found a misclassified point (that point kept) — see :mod:`.outcome`."""
+    out = clean_outcome(model, x, y)
+    idx = (~out.fooled).nonzero().flatten()
+    if eps == 0 or idx.numel() == 0:
+        return out
     with frozen_eval(model), torch.no_grad():
         net = fold_batchnorm(model)
-        x_best = (x + eps * _random_sign((b, c, 1, w), gen).to(x)).clamp(0.0, 1.0)
-        margin = margin_loss(net(x_best), y)
-        for it in range(n_queries - 1):
-            active = (margin > 0).nonzero().flatten()
-            if active.numel() == 0:
-                break
-            side = _square_side(square_p_schedule(it, n_queries, p_init), h, w)
-            # index_select / index_copy_: advanced indexing is much slower on small CPU batches
-            x_act, best_act, m_act = x.index_select(0, active), x_best.index_select(0, active), margin.index_select(0, active)
-            cand = _square_candidates(x_act, best_act, eps, side, gen)
-            new = margin_loss(net(cand), y.index_select(0, active))
-            better = new < m_act
-            margin.index_copy_(0, active, torch.where(better, new, m_act))
-            x_best.index_copy_(0, active, torch.where(better.view(-1, 1, 1, 1), cand, best_act))
-    return x_best
+        x_s, y_s = x.detach().index_select(0, idx), y.index_select(0, idx)
+        gen = torch.Generator().manual_seed(seed)
+        x_best, _margin, queries = _search(net, x_s, y_s, _Budget(float(eps), n_queries, p_init), gen)
+        wrong = net(x_best).argmax(1) != y_s
+    out.x_adv.index_copy_(0, idx, x_best)
+    out.fooled.index_copy_(0, idx, wrong)
+    out.evaluations.index_add_(0, idx, queries)
+    return out

@@ -59,11 +59,32 @@ def tiny_pcam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _check_headline(r: dict) -> dict:
+    h = r["headline"]
+    assert h["robustdx"] > 0 and h["baseline_value"] > 0
+    assert h["ratio"] == pytest.approx(h["robustdx"] / h["baseline_value"])
+    assert isinstance(h["met"], bool) and h["goal"].startswith(">=")
+    return h
+
+
 def test_train_throughput_quick(tmp_path: Path) -> None:
     r = run_quick("train_throughput", tmp_path / "r.json")
     assert r["settings"]["arch"] == "test_cnn"
-    assert r["robustdx_images_per_s"] > 0 and r["baseline_authors_images_per_s"] > 0
-    assert r["speedup"] == pytest.approx(r["robustdx_images_per_s"] / r["baseline_authors_images_per_s"])
+    h = _check_headline(r)
+    assert h["robustdx"] == pytest.approx(r["images_per_s"]["robustdx"])
+    assert len(r["step_seconds"]["authors"]["values"]) == r["settings"]["repeats"]
+    assert 0 < r["fraction_of_matmul_peak"]["robustdx"] < 1
+    assert r["gflop_per_step"]["authors"] > r["gflop_per_step"]["robustdx"] > 0  # the baseline also computes weight gradients
+
+
+def test_robust_eval_quick(tmp_path: Path, tiny_pcam: Path) -> None:
+    r = run_quick("robust_eval", tmp_path / "r.json", "--data", str(tiny_pcam), "--runs", str(tmp_path / "runs"))
+    _check_headline(r)
+    for eps in ("2/255", "8/255"):
+        res = r["results"][eps]
+        assert set(res["robust_acc"]) == {"torchattacks", "robustdx"}
+        lo, hi = res["wilson95"]["robustdx"]
+        assert 0 <= lo <= res["robust_acc"]["robustdx"] <= hi <= 1
 
 
 def test_ig_latency_quick(tmp_path: Path, tiny_pcam: Path) -> None:

@@ -81,3 +81,16 @@ def test_merge_keeps_the_worst_case() -> None:
     assert m.x_adv[0].sum() == 0 and m.x_adv[1].sum() == 4 and m.x_adv[2].sum() == 0
     assert m.evaluations.tolist() == [3, 8, 14]
     assert m.robust.tolist() == [False, False, True]
+
+
+def test_square_finds_the_items_within_the_known_radius_without_gradients() -> None:
+    from robustdx.core.attacks import square_outcome
+
+    model, (x, y, means) = MeanIntensity(quantise=True), mean_intensity_batch(64, seed=3)  # zero gradients everywhere
+    out = square_outcome(model, x, y, EPS, n_queries=1000, seed=0)
+    assert _in_ball(out, x, EPS)
+    gap = (means - 0.5).abs()
+    assert bool((out.fooled <= (gap <= EPS + 1 / 255)).all())  # never breaks an item out of reach
+    assert bool(out.fooled[gap <= EPS / 2].all())  # every item within half the radius: a random search's sure ground
+    assert int(out.fooled.sum()) >= 0.9 * int((gap <= EPS).sum())
+    assert pgd_outcome(model, x, y, AttackConfig(eps=EPS, steps=10)).fooled.sum() < out.fooled.sum()  # masked for PGD
