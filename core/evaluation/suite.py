@@ -1,0 +1,210 @@
+"""The robustness protocol of the science reports: fixed items, the worst case over attacks per item, sanity
+points and the flags that say when a number cannot be trusted.
+
+Why this shape (the science issue; Carlini et al. 2019, "On evaluating adversarial robustness"):
+
+* **the same items for every model** — one seeded permutation of the test split (:func:`evaluation_items`);
+  the headline budgets attack its whole length, the rest of the ε grid a prefix of it, Square a shorter
+  prefix, so every comparison between models, attacks and budgets is paired, item by item;
+* **the worst case over attacks** — an item counts as robust only if PGD (every iterate checked, restarts),
+  APGD (no step size to get wrong) and, where it runs, the gradient-free Square attack all fail on it;
+* **attacks that can expose gradient masking** — Square beating the gradient attacks on the same items, robust
+  accuracy not falling with ε, or accuracy above ≈ 0 at budgets no classifier survives (16/255, 64/255 on
+  [0, 1] images) flag the cell;
+* **intervals on every number** — Wilson intervals for accuracies and per-class recalls (they do not
+  collapse at 0 the way a percentile bootstrap does).
+
+Attacks stop spending on items already broken (:mod:`robustdx.core.attacks.outcome`): the whole PCam test
+split at two budgets costs minutes, not hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from robustdx.core.attacks import ApgdSettings, Outcome, apgd_outcome, clean_outcome, merge, pgd_outcome, square_outcome
+from robustdx.core.config import AttackConfig, PixelBudget
+from robustdx.core.evaluation.robustness import eps_label
+from robustdx.core.evaluation.statistics import proportion
+
+
+class SuiteConfig(BaseModel):
+    """Which items are attacked at which budgets, and how hard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    headline_eps: tuple[PixelBudget, ...] | None = Field(
+        None, description="Budgets attacked on every evaluation item; None: the training ε and twice it."
+    )
+    grid_eps: tuple[PixelBudget, ...] = Field((1 / 255, 2 / 255, 4 / 255, 8 / 255), description="The rest of the ε grid.")
+    sanity_eps: tuple[PixelBudget, ...] = Field(
+        (16 / 255, 64 / 255), description="Budgets no classifier of [0, 1] images survives: accuracy there must be ≈ 0."
+    )
+    sanity_max_acc: float = Field(0.05, ge=0, le=1, description="Robust accuracy above this at a sanity budget flags the cell.")
+    n_items: int | None = Field(None, ge=1, description="Evaluation items (a seeded permutation of the test split); None: all.")
+    n_grid: int = Field(300, ge=1, description="Items of the ε grid and the sanity points: the first of the evaluation items.")
+    n_square: int = Field(200, ge=0, description="Items Square attacks at the training ε: the first of the evaluation items.")
+    square_queries: int = Field(1000, ge=1, description="Queries per item of the Square attack.")
+    square_p_init: float = Field(0.8, gt=0, le=1, description="Initial fraction of pixels a Square window covers.")
+    square_tol: float = Field(
+        0.01, ge=0, le=1, description="Share of the Square items Square may break beyond the gradient attacks before flagging."
+    )
+    pgd_steps: int = Field(50, ge=1, le=10_000, description="PGD steps per restart (step 2.5·ε/steps, random start).")
+    pgd_restarts: int = Field(2, ge=1, le=100, description="PGD random restarts.")
+    apgd_steps: int = Field(100, ge=0, le=10_000, description="APGD steps (0: no APGD).")
+    apgd_loss: Literal["ce", "margin"] = Field("ce", description="APGD's loss: cross-entropy (APGD-CE) or the logit margin.")
+    monotone_tol: float = Field(0.01, ge=0, le=1, description="Rise of robust accuracy with ε tolerated before flagging.")
+    batch_size: int = Field(128, ge=1, description="Items per attacked batch.")
+    seed: int = Field(0, ge=0, description="Seed of the attacks' random starts.")
+
+    def budgets(self, train_eps: float) -> list[tuple[float, str]]:
+        """Every budget with its role (headline / grid / sanity), headline first, each ε once."""
+        headline = self.headline_eps if self.headline_eps is not None else (train_eps, min(1.0, 2 * train_eps))
+        out: list[tuple[float, str]] = []
+        for role, values in (("headline", headline), ("grid", self.grid_eps), ("sanity", self.sanity_eps)):
+            for eps in values:
+                if eps > 0 and all(not np.isclose(eps, e) for e, _ in out):
+                    out.append((float(eps), role))
+        return out
+
+
+def evaluation_items(n_total: int, n: int | None, split_seed: int) -> np.ndarray:
+    """One seeded permutation of the test split's indices (its first ``n``): the items every model, attack and
+    budget is evaluated on. Its prefixes are nested, so the smaller sets (grid, Square, attributions) are
+    subsets of the larger ones."""
+    perm = np.random.default_rng(np.random.SeedSequence([split_seed, 7_919])).permutation(n_total)
+    return perm if n is None else perm[: min(n, n_total)]
+
+
+def gradient_worst_case(model: nn.Module, x: Tensor, y: Tensor, eps: float, cfg: SuiteConfig) -> dict[str, Outcome]:
+    """PGD's and APGD's outcomes on ``x`` and their union (``"worst"``)."""
+    pgd = AttackConfig(eps=eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts)
+    outcomes = {"pgd": _batched(lambda xb, yb, k: pgd_outcome(model, xb, yb, pgd, seed=cfg.seed + k), x, y, cfg.batch_size)}
+    outcomes["worst"] = outcomes["pgd"]
+    if cfg.apgd_steps:
+        s = ApgdSettings(eps=eps, steps=cfg.apgd_steps, loss=cfg.apgd_loss, seed=cfg.seed)
+        outcomes["apgd"] = _batched(lambda xb, yb, _k: apgd_outcome(model, xb, yb, s), x, y, cfg.batch_size)
+        outcomes["worst"] = merge(outcomes["pgd"], outcomes["apgd"])
+    return outcomes
+
+
+def square_on_survivors(model: nn.Module, x: Tensor, y: Tensor, eps: float, standing: Tensor, cfg: SuiteConfig) -> Outcome:
+    """Square on the items the gradient attacks left ``standing`` (the others cannot change the verdict), so
+    whatever it breaks, it broke where PGD and APGD failed."""
+    idx = standing.nonzero().flatten()
+    zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    out = Outcome(x.detach().clone(), zeros.bool(), zeros.clone())
+    if idx.numel() == 0:
+        return out
+
+    def attack(xb: Tensor, yb: Tensor, k: int) -> Outcome:
+        return square_outcome(model, xb, yb, eps, n_queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed + k)
+
+    found = _batched(attack, x[idx], y[idx], cfg.batch_size)
+    out.x_adv[idx], out.fooled[idx], out.evaluations[idx] = found.x_adv, found.fooled, found.evaluations
+    return out
+
+
+def _batched(attack: Any, x: Tensor, y: Tensor, batch: int) -> Outcome:
+    parts = [attack(x[i : i + batch], y[i : i + batch], k) for k, i in enumerate(range(0, len(x), batch))]
+    if not parts:
+        return Outcome(x.clone(), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+    return Outcome(
+        torch.cat([p.x_adv for p in parts]), torch.cat([p.fooled for p in parts]), torch.cat([p.evaluations for p in parts])
+    )
+
+
+def _record(eps: float, role: str, y: Tensor, clean: Tensor, outcomes: dict[str, Outcome], n_classes: int) -> dict[str, Any]:
+    """The JSON record of one budget: robust accuracy with its Wilson interval, per class, per attack, and the
+    per-item outcomes the paired tests need."""
+    robust = (~outcomes["worst"].fooled).cpu().numpy()
+    labels = y.cpu().numpy()
+    rec: dict[str, Any] = {
+        "eps": eps,
+        "eps_label": eps_label(eps),
+        "role": role,
+        "n": int(len(robust)),
+        "robust_acc": proportion(int(robust.sum()), len(robust)).to_json(),
+        "robust_recall": [
+            proportion(int(robust[labels == c].sum()), int((labels == c).sum())).to_json() if (labels == c).any() else None
+            for c in range(n_classes)
+        ],
+        "robust_balanced_acc": float(np.mean([robust[labels == c].mean() for c in range(n_classes) if (labels == c).any()])),
+        "by_attack": {k: float((~o.fooled).float().mean()) for k, o in outcomes.items() if k != "square"},
+        "evaluations_per_item": float(outcomes["worst"].evaluations.float().mean()),
+        "robust_items": robust.astype(int).tolist(),
+        "clean_items": clean.cpu().numpy().astype(int).tolist(),
+    }
+    if "square" in outcomes:
+        rec["square_n"] = int(len(outcomes["square"].fooled))
+        rec["square_only_broken"] = int(outcomes["square"].fooled.sum())  # Square ran on the gradient attacks' survivors
+    return rec
+
+
+def run_suite(model: nn.Module, x: Tensor, y: Tensor, train_eps: float, cfg: SuiteConfig, n_classes: int = 2) -> dict[str, Any]:
+    """The whole protocol on the evaluation items ``x, y`` (already on the model's device, in the order of
+    :func:`evaluation_items`): one record per budget and the flags."""
+    clean = ~clean_outcome(model, x, y).fooled
+    records = []
+    for eps, role in cfg.budgets(train_eps):
+        n = len(x) if role == "headline" else min(cfg.n_grid, len(x))
+        outcomes = gradient_worst_case(model, x[:n], y[:n], eps, cfg)
+        n_sq = min(cfg.n_square, n) if np.isclose(eps, train_eps) else 0
+        if n_sq:
+            standing = ~outcomes["worst"].fooled[:n_sq]
+            sq = square_on_survivors(model, x[:n_sq], y[:n_sq], eps, standing, cfg)
+            outcomes["square"] = sq
+            outcomes["worst"] = merge(outcomes["worst"], _pad(sq, n))
+        records.append(_record(eps, role, y[:n], clean[:n], outcomes, n_classes))
+    return {"clean_items": clean.cpu().numpy().astype(int).tolist(), "budgets": records, "flags": suite_flags(records, cfg)}
+
+
+def _pad(out: Outcome, n: int) -> Outcome:
+    """``out`` extended with un-fooled items up to ``n`` (Square ran on a prefix)."""
+    extra = n - len(out.fooled)
+    if extra <= 0:
+        return out
+    return Outcome(
+        torch.cat([out.x_adv, out.x_adv.new_zeros((extra, *out.x_adv.shape[1:]))]),
+        torch.cat([out.fooled, out.fooled.new_zeros(extra)]),
+        torch.cat([out.evaluations, out.evaluations.new_zeros(extra)]),
+    )
+
+
+def suite_flags(records: Sequence[dict[str, Any]], cfg: SuiteConfig) -> list[str]:
+    """Reasons not to trust a cell's robustness numbers (empty when none)."""
+    flags = []
+    for r in records:
+        acc = r["robust_acc"]["value"]
+        if r["role"] == "sanity" and acc > cfg.sanity_max_acc:
+            flags.append(
+                f"robust accuracy {acc:.3f} at eps={r['eps_label']} (> {cfg.sanity_max_acc:g}): no classifier of [0, 1] images "
+                "survives this budget, so the attacks are failing (gradient masking or a broken evaluation)"
+            )
+        if r.get("square_only_broken", 0) > max(1, cfg.square_tol * r.get("square_n", 0)):
+            flags.append(
+                f"Square broke {r['square_only_broken']} items at eps={r['eps_label']} that PGD and APGD left standing: "
+                "the gradient attacks are being fooled (gradient masking); the robust accuracy includes Square's breaks"
+            )
+    ordered = sorted((r for r in records), key=lambda r: r["eps"])
+    for small, large in zip(ordered, ordered[1:], strict=False):
+        a = _shared_prefix_acc(small, large)
+        b = _shared_prefix_acc(large, small)
+        if b > a + cfg.monotone_tol:
+            flags.append(
+                f"robust accuracy rises from {a:.3f} at eps={small['eps_label']} to {b:.3f} at eps={large['eps_label']} "
+                "on the same items: a larger ball contains the smaller one, so the attack is failing"
+            )
+    return flags
+
+
+def _shared_prefix_acc(rec: dict[str, Any], other: dict[str, Any]) -> float:
+    """Robust accuracy of ``rec`` on the items it shares with ``other`` (the shorter prefix)."""
+    n = min(rec["n"], other["n"])
+    return float(np.mean(rec["robust_items"][:n])) if n else float("nan")

@@ -1,0 +1,81 @@
+"""The robustness protocol: fixed nested items, the worst case over attacks, sanity points and flags —
+on models whose robust accuracy is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robustdx.core.evaluation.suite import SuiteConfig, evaluation_items, run_suite
+from tests.support.classifiers import MeanIntensity, mean_intensity_batch
+
+pytestmark = pytest.mark.unit
+
+EPS = 0.02
+FAST = {"pgd_steps": 10, "pgd_restarts": 1, "apgd_steps": 10, "n_grid": 48, "n_square": 32, "square_queries": 300}
+
+
+def test_items_are_one_seeded_permutation_with_nested_prefixes() -> None:
+    a, b = evaluation_items(100, None, 0), evaluation_items(100, 40, 0)
+    assert sorted(a.tolist()) == list(range(100))
+    assert b.tolist() == a[:40].tolist()
+    assert evaluation_items(100, None, 1).tolist() != a.tolist()
+    assert evaluation_items(10, 50, 0).shape == (10,)
+
+
+def test_budgets_headline_first_then_grid_then_sanity_each_once() -> None:
+    cfg = SuiteConfig(grid_eps=(1 / 255, 2 / 255, 4 / 255))
+    budgets = cfg.budgets(2 / 255)
+    assert budgets[:2] == [(2 / 255, "headline"), (4 / 255, "headline")]
+    assert [r for _, r in budgets] == ["headline", "headline", "grid", "sanity", "sanity"]
+    assert SuiteConfig(headline_eps=(8 / 255,)).budgets(2 / 255)[0] == (8 / 255, "headline")
+
+
+def test_known_robust_accuracy_with_intervals_and_no_flags() -> None:
+    model, (x, y, means) = MeanIntensity(), mean_intensity_batch(96, seed=5)
+    cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(64 / 255,), **FAST)
+    out = run_suite(model, x, y, EPS, cfg)
+    head, sanity = out["budgets"]
+    want = ((means - 0.5).abs() > EPS).numpy()
+    assert head["robust_items"] == want.astype(int).tolist()
+    acc = head["robust_acc"]
+    assert acc["value"] == pytest.approx(want.mean()) and acc["lo"] <= acc["value"] <= acc["hi"]
+    labels = y.numpy()
+    for c in (0, 1):
+        assert head["robust_recall"][c]["value"] == pytest.approx(want[labels == c].mean())
+    assert sanity["robust_acc"]["value"] == 0.0 and sanity["n"] == 48
+    assert head["square_only_broken"] == 0 and head["square_n"] == 32
+    assert out["flags"] == []
+
+
+def test_masked_gradients_are_caught_by_square_and_the_sanity_point() -> None:
+    model, (x, y, _means) = MeanIntensity(quantise=True), mean_intensity_batch(96, seed=6)  # zero gradients
+    cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(64 / 255,), **FAST)
+    out = run_suite(model, x, y, EPS, cfg)
+    head = out["budgets"][0]
+    assert head["by_attack"]["pgd"] >= float(np.mean(out["clean_items"])) - 0.05  # only its random start can break one
+    assert head["square_only_broken"] > 0
+    assert head["robust_acc"]["value"] < head["by_attack"]["pgd"]  # the headline counts Square's breaks
+    assert any("Square broke" in f for f in out["flags"])
+    assert any("no classifier of [0, 1] images survives" in f for f in out["flags"])
+
+
+def test_accuracy_rising_with_eps_is_flagged() -> None:
+    from robustdx.core.evaluation.suite import suite_flags
+
+    def rec(eps: float, items: list[int]) -> dict:
+        return {"eps": eps, "eps_label": f"{eps * 255:g}/255", "role": "grid", "n": len(items), "robust_items": items,
+                "robust_acc": {"value": float(np.mean(items))}}  # fmt: skip
+
+    cfg = SuiteConfig()
+    assert suite_flags([rec(2 / 255, [1, 0, 0, 0]), rec(4 / 255, [1, 0, 0, 0])], cfg) == []
+    flags = suite_flags([rec(2 / 255, [1, 0, 0, 0]), rec(4 / 255, [1, 1, 1, 0])], cfg)
+    assert len(flags) == 1 and "rises" in flags[0]
+
+
+def test_models_are_left_as_they_were() -> None:
+    model, (x, y, _m) = MeanIntensity(), mean_intensity_batch(16)
+    model.train()
+    run_suite(model, x, y, EPS, SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(), **FAST))
+    assert model.training and torch.is_grad_enabled()
