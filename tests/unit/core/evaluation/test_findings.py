@@ -1,0 +1,66 @@
+"""Paired comparisons between regimes and the report's "what these results support" section."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robustdx.core.evaluation.findings import compare, comparisons, findings_markdown, item_scores
+
+pytestmark = pytest.mark.unit
+
+N = 60
+
+
+def cell(recipe: str, seed: int, robust: np.ndarray, clean: np.ndarray | None = None, items: np.ndarray | None = None) -> dict:
+    items = np.arange(N) if items is None else items
+    clean = np.ones(N, dtype=int) if clean is None else clean
+    budget = {"eps_label": "2/255", "robust_items": robust.astype(int).tolist()}
+    return {"recipe": recipe, "seed": seed, "items": items.tolist(),
+            "robustness": {"clean_items": clean.astype(int).tolist(), "budgets": [budget]}}  # fmt: skip
+
+
+def cells() -> list[dict]:
+    rng = np.random.default_rng(0)
+    strong = (rng.random(N) < 0.8).astype(int)
+    return [
+        *(cell("ce", s, np.zeros(N, dtype=int)) for s in range(3)),
+        *(cell("adv_supcon_ft", s, strong) for s in range(3)),
+        *(cell("adv_ce_ft", s, strong ^ (rng.random(N) < 0.05)) for s in range(3)),  # nearly the same items
+    ]
+
+
+def test_item_scores_count_the_runs_that_got_each_item_right() -> None:
+    scores = item_scores(cells(), "adv_supcon_ft", "2/255")
+    assert set(scores) == set(range(N)) and set(scores.values()) <= {0.0, 3.0}
+    assert item_scores(cells(), "ce", "clean") == dict.fromkeys(range(N), 3.0)
+
+
+def test_a_clear_difference_is_supported_and_a_tiny_one_is_not() -> None:
+    found = comparisons(cells(), ["ce", "adv_ce_ft", "adv_supcon_ft"], ["2/255"])
+    by_pair = {(c.a, c.b): c for c in found}
+    assert set(by_pair) == {("adv_ce_ft", "ce"), ("adv_supcon_ft", "ce"), ("adv_supcon_ft", "adv_ce_ft")}
+    strong = by_pair[("adv_supcon_ft", "ce")]
+    assert strong.supported and strong.difference > 0.6 and strong.b_better == 0
+    assert strong.p_holm >= strong.p_value
+    assert not by_pair[("adv_supcon_ft", "adv_ce_ft")].supported
+    text = findings_markdown(found, {"ce-s0": [], "adv_ce_ft-s1": ["robust accuracy 0.2 at eps=64/255"]})
+    assert text.startswith("## What these results support")
+    assert "**adv_supcon_ft** has a higher robust accuracy at ε = 2/255 than **ce**" in text
+    assert "No difference in robust accuracy at ε = 2/255 between adv_supcon_ft and adv_ce_ft is supported" in text
+    assert "`adv_ce_ft-s1`: robust accuracy 0.2" in text and "ce-s0" not in text
+
+
+def test_only_shared_items_are_compared() -> None:
+    a = cell("ce", 0, np.ones(N, dtype=int), items=np.arange(N))
+    b = cell("adv_supcon_ft", 0, np.ones(N, dtype=int), items=np.arange(N, 2 * N))
+    assert compare([a, b], "adv_supcon_ft", "ce", "2/255") is None
+    c = compare([a, cell("adv_supcon_ft", 0, np.zeros(N, dtype=int))], "adv_supcon_ft", "ce", "2/255")
+    assert c is not None and c.n == N and c.b_better == N and c.p_value < 1e-10
+
+
+def test_nothing_supported_says_so() -> None:
+    same = [cell("ce", 0, np.ones(N, dtype=int)), cell("adv_supcon_ft", 0, np.ones(N, dtype=int))]
+    found = comparisons(same, ["ce", "adv_supcon_ft"], ["clean", "2/255"])
+    assert len(found) == 2 and not any(c.supported for c in found)
+    assert "No comparison between regimes passed its test" in findings_markdown(found, {})
