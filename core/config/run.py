@@ -91,6 +91,33 @@ class DataConfig(Strict):
     eval_batch_size: int = Field(128, ge=1, le=8192, description="Images per batch in evaluation.")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     augment: bool = Field(True, description="Flips, colour jitter and greyscale on training images.")
+    cv_folds: int | None = Field(
+        None,
+        ge=2,
+        le=100,
+        description="PCam/BUSI: k-fold cross-validation over the labelled pool (BUSI: all images; PCam: train/), "
+        "stratified and seeded by split_seed; None keeps the fixed hold-out split.",
+    )
+    cv_fold: int = Field(0, ge=0, description="Which of the cv_folds folds is the test split (0 .. cv_folds-1).")
+
+    @model_validator(mode="after")
+    def _cross_validation(self) -> DataConfig:
+        if self.cv_folds is None:
+            if self.cv_fold != 0:
+                raise ValueError(f"cv_fold={self.cv_fold} needs cv_folds (the number of folds, e.g. cv_folds=5)")
+            return self
+        if self.cv_fold >= self.cv_folds:
+            raise ValueError(f"cv_fold={self.cv_fold} is out of range for cv_folds={self.cv_folds}: use 0 .. {self.cv_folds - 1}")
+        if self.dataset == DatasetName.CAMELYON17:
+            raise ValueError(
+                "cv_folds is for pcam and busi; camelyon17 splits by hospital (the shift under test), leave cv_folds unset"
+            )
+        if self.n_test is not None:
+            raise ValueError(
+                f"n_test={self.n_test} would subsample the test fold, so not every image would be tested once; "
+                "leave n_test unset with cv_folds"
+            )
+        return self
 
 
 class ModelConfig(Strict):
@@ -170,6 +197,12 @@ class StageConfig(Strict):
     )
     finetune_mode: FinetuneMode = Field(FinetuneMode.FULL, description="Fine-tuning: full, linear probe or adversarial.")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on batches per pass (tests, demos).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="Classifier stages: weight the training cross-entropy by inverse class frequency of the training "
+        "split, n / (k * n_c) ('balanced'; for imbalanced sets such as BUSI) or not at all ('none'). The attack's loss "
+        "stays unweighted.",
+    )
 
 
 class RunConfig(Strict):
@@ -197,10 +230,12 @@ class RunConfig(Strict):
         ge=0,
         description="Validation images attacked with eval_attack after every classifier epoch (val_robust_acc); 0 = off.",
     )
-    monitor: Literal["acc", "robust_mean"] = Field(
+    monitor: Literal["acc", "robust_mean", "bal_acc", "auc"] = Field(
         "acc",
-        description="Checkpoint selection of classifier stages: val accuracy, or the mean of clean and robust val "
-        "accuracy (needs val_robust_n > 0; guards against robust overfitting, Rice et al. 2020).",
+        description="Checkpoint selection of classifier stages: val accuracy, the mean of clean and robust val "
+        "accuracy (needs val_robust_n > 0; guards against robust overfitting, Rice et al. 2020), val balanced "
+        "accuracy or val ROC-AUC (imbalanced sets such as BUSI, where accuracy rewards the majority class). "
+        "SupCon stages always select on nearest-centroid accuracy.",
     )
 
     @model_validator(mode="after")

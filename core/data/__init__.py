@@ -6,7 +6,17 @@ from collections.abc import Callable
 
 from robustdx.core.config import DataConfig
 from robustdx.core.data import busi, camelyon17, pcam
-from robustdx.core.data.base import DataError, ImageDataset, Records, Splits, balanced_indices, stratified_split
+from robustdx.core.data.base import (
+    CrossValidation,
+    DataError,
+    ImageDataset,
+    Records,
+    Splits,
+    balanced_indices,
+    dataset_labels,
+    stratified_folds,
+    stratified_split,
+)
 from robustdx.core.registry import Registry
 
 _DATASETS: Registry[Callable[[DataConfig, bool], Splits]] = Registry("dataset")
@@ -25,12 +35,15 @@ def list_datasets() -> list[str]:
 
 
 __all__ = [
+    "CrossValidation",
     "DataError",
     "ImageDataset",
     "Records",
     "Splits",
     "balanced_indices",
     "build_splits",
+    "dataset_labels",
     "list_datasets",
+    "stratified_folds",
     "stratified_split",
 ]

@@ -1,4 +1,5 @@
-"""Shared pieces of the data sets: errors, the image data set, seeded balanced subsets and splits.
+"""Shared pieces of the data sets: errors, the image data set, seeded balanced subsets, splits and
+stratified k-fold cross-validation.
 
 Every data set yields ``(image, label, group)`` — image ``[3, H, W]`` float in [0, 1] (or
 ``[2, 3, H, W]`` with two views), integer label, integer group (hospital for Camelyon17, original
@@ -7,6 +8,7 @@ BUSI class, 0 for PCam) — and, with ``with_masks=True`` (BUSI), the lesion mas
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 from torchvision import tv_tensors
 
 from robustdx.core.config import DataConfig
@@ -112,6 +114,17 @@ class ImageDataset(Dataset):
         return x, label, group, m.to(torch.float32)
 
 
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The integer labels of a data set without loading its images: ``.labels`` (:class:`ImageDataset`),
+    the second tensor of a ``TensorDataset``, else the second element of every item."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None and isinstance(dataset, TensorDataset):
+        labels = dataset.tensors[1].numpy()
+    if labels is None:
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+    return np.asarray(labels, dtype=int)
+
+
 def balanced_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """A seeded, label-balanced random subset of ``n`` indices (all indices, shuffled, when ``n`` is None).
 
@@ -146,6 +159,83 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     return [rng.permutation(np.asarray(p, dtype=int)) for p in parts]
 
 
+def stratified_folds(labels: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """``k`` disjoint, seeded folds of all indices, stratified by label (and by group within a label).
+
+    Items are ordered by (label, group) with a seeded shuffle inside each stratum and dealt to the folds
+    in turn, so every run of that order (a stratum, or all strata of one label) is spread over the folds
+    within one item: per fold, each class and each group differs from its share by less than one.
+
+    Raises:
+        DataError: fewer items than folds.
+
+    Example:
+        >>> [len(f) for f in stratified_folds(np.array([0] * 6 + [1] * 4), 3, seed=0)]
+        [4, 3, 3]
+    """
+    labels = np.asarray(labels)
+    if len(labels) < k:
+        raise DataError(f"cannot split {len(labels)} items into cv_folds={k} folds; use at most {len(labels)} folds")
+    strata = np.stack([labels, np.zeros_like(labels) if groups is None else np.asarray(groups)], 1)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero((strata == s).all(1))) for s in np.unique(strata, axis=0)])
+    return [np.sort(order[f::k]) for f in range(k)]
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Which fold of a k-fold cross-validation a :class:`Splits` is, and the ids of its test items."""
+
+    folds: int
+    fold: int
+    test_ids: list[str]
+
+    def card(self) -> dict[str, Any]:
+        """What the data card records: the fold, and the sorted test ids with their SHA-256 (compare folds by it)."""
+        ids = sorted(self.test_ids)
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        return {"cv_folds": self.folds, "cv_fold": self.fold, "test_ids_sha256": digest, "test_ids": ids}
+
+
+def cross_validation_parts(
+    pool: Records, cfg: DataConfig, strata: np.ndarray | None = None, root: Path | None = None
+) -> tuple[dict[str, Records], CrossValidation]:
+    """Train / val / test of fold ``cfg.cv_fold`` of ``cfg.cv_folds`` over the labelled ``pool``.
+
+    Test is the fold (:func:`stratified_folds` from ``cfg.split_seed``, by label and ``strata``);
+    validation is a ``cfg.val_fraction`` share of the other folds, stratified the same way; train is
+    the rest. Across the k folds every item of ``pool`` is tested exactly once.
+
+    Args:
+        pool: every labelled item (BUSI: all images; PCam: train/).
+        cfg: needs ``cv_folds`` set.
+        strata: a finer stratification within each label (BUSI: the original class).
+        root: item names under it are recorded relative to it (machine-independent ids).
+    """
+    if cfg.cv_folds is None:
+        raise DataError("cross_validation_parts needs data.cv_folds (the number of folds, e.g. 5)")
+    folds = stratified_folds(pool.labels, cfg.cv_folds, cfg.split_seed, strata)
+    rest = np.sort(np.concatenate([f for i, f in enumerate(folds) if i != cfg.cv_fold]))
+    by = pool.labels if strata is None else strata
+    train_idx, val_idx = stratified_split(by[rest], [cfg.val_fraction], cfg.split_seed)
+    if len(val_idx) == 0:
+        raise DataError(
+            f"val_fraction={cfg.val_fraction} of the {len(rest)} items outside test fold {cfg.cv_fold} rounds to no "
+            f"validation item in any class; raise data.val_fraction or use fewer cv_folds"
+        )
+    test = pool.subset(folds[cfg.cv_fold])
+    parts = {"train": pool.subset(rest[train_idx]), "val": pool.subset(rest[val_idx]), "test": test}
+    return parts, CrossValidation(cfg.cv_folds, cfg.cv_fold, [_item_id(n, root) for n in test.names])
+
+
+def _item_id(name: str, root: Path | None) -> str:
+    """``name`` relative to ``root`` when it is a path under it (so ids do not depend on where the data lives)."""
+    path = Path(name)
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return name
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted; :class:`DataError` when there are none."""
     if not folder.is_dir():
@@ -157,9 +247,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def make_splits(
-    parts: dict[str, Records], cfg: DataConfig, two_views: bool, class_names: list[str], group_names: list[str]
+    parts: dict[str, Records],
+    cfg: DataConfig,
+    two_views: bool,
+    class_names: list[str],
+    group_names: list[str],
+    cv: CrossValidation | None = None,
 ) -> Splits:
-    """Draw the configured label-balanced subsets of train/val/test and attach the transforms."""
+    """Draw the configured label-balanced subsets of train/val/test and attach the transforms
+    (``cv``: the cross-validation fold the parts are, recorded in the data card)."""
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     picked: dict[str, Records] = {}
     for k, (name, rec) in enumerate(parts.items()):
@@ -175,6 +271,7 @@ def make_splits(
         train_eval=ImageDataset(picked["train"], eval_t),
         class_names=class_names,
         group_names=group_names,
+        cv=cv,
     )
 
 
@@ -183,7 +280,7 @@ class Splits:
     """Train / validation / test data sets of one configuration, plus what describes them.
 
     ``train_eval`` is the training subset with the eval transform (reference embeddings, centroid
-    accuracy of SupCon encoders).
+    accuracy of SupCon encoders); ``cv`` says which cross-validation fold this is (None: fixed split).
     """
 
     train: ImageDataset
@@ -192,10 +289,14 @@ class Splits:
     train_eval: ImageDataset
     class_names: list[str]
     group_names: list[str]
+    cv: CrossValidation | None = None
 
     def card(self) -> dict[str, Any]:
-        """The data card stored in bundles: counts per split, class and group."""
+        """The data card stored in bundles: counts per split, class and group, and the cross-validation
+        fold with its test ids when there is one."""
         out: dict[str, Any] = {"classes": self.class_names, "groups": self.group_names, "splits": {}}
+        if self.cv is not None:
+            out.update(self.cv.card())
         for name in ("train", "val", "test"):
             ds: ImageDataset = getattr(self, name)
             out["splits"][name] = {

@@ -3,7 +3,9 @@
 ``root/Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png`` with ``NAME_mask.png``,
 ``NAME_mask_1.png``, ... beside it; the lesion is the union of the masks. The task is the paper's:
 malignant (1) vs the rest (0); the original class is kept as the group. Train/val/test are a
-seeded stratified split by original class.
+seeded stratified split by original class, or (``data.cv_folds``) one fold of a stratified k-fold
+cross-validation over all images: with 637 images a single 20 % test split holds about 32 malignant
+cases, so only cross-validation tests every image once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from robustdx.core.config import DataConfig
-from robustdx.core.data.base import DataError, Records, Splits, list_images, make_splits, open_rgb, stratified_split
+from robustdx.core.data.base import (
+    DataError,
+    Records,
+    Splits,
+    cross_validation_parts,
+    list_images,
+    make_splits,
+    open_rgb,
+    stratified_split,
+)
 
 FOLDER = "Dataset_BUSI_with_GT"
 CLASSES = ("benign", "malignant", "normal")
@@ -49,7 +60,13 @@ def records(root: Path) -> Records:
 
 
 def build(cfg: DataConfig, two_views: bool) -> Splits:
+    """The fixed split (``val_fraction`` / ``test_fraction`` of each original class) or, with
+    ``cfg.cv_folds``, fold ``cfg.cv_fold`` of a k-fold cross-validation over all images."""
     full = records(cfg.root)
-    train_idx, val_idx, test_idx = stratified_split(full.groups, [cfg.val_fraction, cfg.test_fraction], cfg.split_seed)
-    parts = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": full.subset(test_idx)}
-    return make_splits(parts, cfg, two_views, ["non_malignant", "malignant"], list(CLASSES))
+    cv = None
+    if cfg.cv_folds is None:
+        train_idx, val_idx, test_idx = stratified_split(full.groups, [cfg.val_fraction, cfg.test_fraction], cfg.split_seed)
+        parts = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": full.subset(test_idx)}
+    else:
+        parts, cv = cross_validation_parts(full, cfg, strata=full.groups)
+    return make_splits(parts, cfg, two_views, ["non_malignant", "malignant"], list(CLASSES), cv)

@@ -1,7 +1,8 @@
 """PatchCamelyon in ImageFolder layout: ``root/{train,valid}/{0,1}/*.jpg`` (class 1 = tumour).
 
-``valid`` is the test split; validation is a seeded stratified hold-out of ``train``. PCam carries
-no hospital metadata, so every patch is in group 0.
+``valid`` is the test split; validation is a seeded stratified hold-out of ``train``. With
+``data.cv_folds`` the ``train`` folder is instead the pool of a stratified k-fold cross-validation
+(test = one fold, ``valid`` unused). PCam carries no hospital metadata, so every patch is in group 0.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from robustdx.core.config import DataConfig
-from robustdx.core.data.base import DataError, Records, Splits, list_images, make_splits, open_rgb, stratified_split
+from robustdx.core.data.base import (
+    DataError,
+    Records,
+    Splits,
+    cross_validation_parts,
+    list_images,
+    make_splits,
+    open_rgb,
+    stratified_split,
+)
 
 CLASSES = ("0", "1")
 
@@ -35,10 +45,16 @@ def image_folder(root: Path) -> Records:
 
 
 def build(cfg: DataConfig, two_views: bool) -> Splits:
+    """Train/val from ``train/`` and test = ``valid/`` or, with ``cfg.cv_folds``, fold ``cfg.cv_fold`` of a
+    k-fold cross-validation over ``train/`` (test ids recorded relative to the root)."""
     root = Path(cfg.root)
     if not root.is_dir():
         raise DataError(f"PCam root {str(root)!r} does not exist (expected train/ and valid/ inside)")
     full = image_folder(root / "train")
-    train_idx, val_idx = stratified_split(full.labels, [cfg.val_fraction], cfg.split_seed)
-    parts = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": image_folder(root / "valid")}
-    return make_splits(parts, cfg, two_views, ["normal", "tumor"], ["pcam"])
+    cv = None
+    if cfg.cv_folds is None:
+        train_idx, val_idx = stratified_split(full.labels, [cfg.val_fraction], cfg.split_seed)
+        parts = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": image_folder(root / "valid")}
+    else:
+        parts, cv = cross_validation_parts(full, cfg, root=root)
+    return make_splits(parts, cfg, two_views, ["normal", "tumor"], ["pcam"], cv)

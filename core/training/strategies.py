@@ -5,6 +5,10 @@ a loss, which parameters are trained and how an epoch is validated; :class:`~.tr
 everything else. Regimes (``Regime``): ``ce``, ``adv_ce`` (Alg. 1), ``supcon``, ``adv_supcon``
 (Alg. 2) and ``finetune`` (``full`` | ``linear`` | ``adversarial``, classifier head re-initialised).
 
+Classifier regimes weight their training cross-entropy by inverse class frequency of the training split
+when ``StageConfig.class_weights='balanced'`` (BUSI is 1:3 malignant; unweighted, a model can reach 75 %
+accuracy by never predicting malignant).
+
 Why strategies: the five models of the paper differ only in these few decisions, so one engine with
 exact resume, best-by-validation and callbacks serves them all, and a new regime is one registered
 class (:func:`create_strategy`, :func:`list_regimes`) instead of another branch in the training loop.
@@ -17,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from robustdx.core.attacks import attack_ce, attack_supcon, channels_like
 from robustdx.core.config import AdversarialSchedule, AttackConfig, FinetuneMode, Regime, StageConfig
-from robustdx.core.data import Splits
+from robustdx.core.data import Splits, dataset_labels
 from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict
 from robustdx.core.losses import cross_entropy, supcon_loss
 from robustdx.core.registry import Registry
@@ -31,10 +36,41 @@ from robustdx.core.registry import Registry
 
 @dataclass
 class StepContext:
-    """What a strategy needs besides the batch."""
+    """What a strategy needs besides the batch: the stage, the training attack and the per-class weights of
+    the training cross-entropy (None: unweighted; see :meth:`Strategy.class_weights`)."""
 
     stage: StageConfig
     attack: AttackConfig
+    class_weights: Tensor | None = None
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> Tensor:
+    """Inverse class frequency ``n / (k · n_c)`` of ``labels`` (sklearn's "balanced"): 1 for every class of a
+    balanced set, above 1 for a minority class.
+
+    Raises:
+        ValueError: a class has no item (its weight would be infinite), naming the class and the counts.
+
+    Example:
+        >>> balanced_class_weights(np.array([0, 0, 0, 1, 1, 1, 1, 1, 1]), 2).tolist()
+        [1.5, 0.75]
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
+    if len(counts) > num_classes or (counts == 0).any():
+        raise ValueError(
+            f"class_weights='balanced' needs every one of {num_classes} classes in the training split; "
+            f"got counts {counts.tolist()}. Use a larger training split or class_weights='none'"
+        )
+    return torch.as_tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
+
+
+def weighted_cross_entropy(logits: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
+    """Cross-entropy (fp32), weighted per class when ``weights`` is given: ``Σ w_y·ℓ / Σ w_y``, as torch's
+    ``F.cross_entropy(weight=...)`` averages."""
+    if weights is None:
+        return cross_entropy(logits, y)
+    w = weights.to(logits.device)[y]
+    return (cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
 
 
 class Strategy(ABC):
@@ -63,6 +99,11 @@ class Strategy(ABC):
         """Put ``model`` in the mode its training steps run in (before every step: validation switches it)."""
         model.train()
 
+    def class_weights(self, train: Dataset, num_classes: int) -> Tensor | None:
+        """Per-class weights of the training loss from the labels of the ``train`` split (``stage.class_weights``);
+        None when unweighted. Regimes without a cross-entropy ignore the setting."""
+        return None
+
     @abstractmethod
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, adversarial: bool, ctx: StepContext) -> Tensor:
         """The training loss of one batch; ``adversarial`` asks for the loss on attacked inputs."""
@@ -82,9 +123,16 @@ class CEStrategy(Strategy):
         self.adversarial = adversarial
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, adversarial: bool, ctx: StepContext) -> Tensor:
+        """Cross-entropy of the batch (attacked first when ``adversarial``; the attack's own loss is unweighted),
+        weighted by ``ctx.class_weights``."""
         if adversarial:
             x = attack_ce(model, x, y, ctx.attack)
-        return cross_entropy(model(x), y)
+        return weighted_cross_entropy(model(x), y, ctx.class_weights)
+
+    def class_weights(self, train: Dataset, num_classes: int) -> Tensor | None:
+        if self.stage.class_weights == "none":
+            return None
+        return balanced_class_weights(dataset_labels(train), num_classes)
 
 
 class SupConStrategy(Strategy):

@@ -11,8 +11,11 @@ Why the engine is built this way:
   history; :mod:`.checkpoint`) is written atomically after each epoch. A run killed at any point and
   restarted redoes the unfinished epoch with the same random numbers, so it ends with the same
   weights and metrics as an uninterrupted run (on the CPU, where kernels are deterministic).
-* **Best-by-validation.** The best epoch's weights are kept as ``best.safetensors`` (validation
-  accuracy for classifiers; nearest-centroid accuracy for SupCon encoders, which have no head).
+* **Best-by-validation.** The best epoch's weights are kept as ``best.safetensors`` (for classifiers
+  the validation metric ``RunConfig.monitor`` names: accuracy, robust mean, balanced accuracy or AUC
+  — the last two for imbalanced sets, where accuracy favours the majority class; nearest-centroid
+  accuracy for SupCon encoders, which have no head).
+* **Class weights** (``StageConfig.class_weights``) are computed once per stage from the training labels.
 * **Callers hook in** through ``callbacks`` receiving each epoch's metrics (Ray Tune, Prefect).
 * **Speed**: channels_last memory format (CPU and CUDA); bf16 autocast on CUDA, plain fp32 on the CPU.
 """
@@ -53,7 +56,10 @@ from robustdx.core.training.progress import ProgressBar
 from robustdx.core.training.strategies import StepContext, create_strategy
 from robustdx.core.util import epoch_seed, resolve_device, seed_everything
 
-__all__ = ["EpochCallback", "StagePlan", "StageResult", "Trainer"]
+__all__ = ["CLASSIFIER_MONITORS", "EpochCallback", "StagePlan", "StageResult", "Trainer"]
+
+CLASSIFIER_MONITORS = {"acc": "val_acc", "robust_mean": "val_score", "bal_acc": "val_bal_acc", "auc": "val_auc"}
+"""``RunConfig.monitor`` -> the validation metric that selects a classifier stage's best epoch."""
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -105,10 +111,15 @@ class Trainer:
 
     @property
     def monitor(self) -> str:
-        """The metric that picks the best epoch: the strategy's, or the robust-aware ``val_score``."""
-        if self.classifier_stage and self.cfg.monitor == "robust_mean":
-            return "val_score"
+        """The metric that picks the best epoch: ``cfg.monitor``'s for classifier stages (``val_acc``,
+        ``val_score``, ``val_bal_acc``, ``val_auc``), the strategy's own for SupCon encoders."""
+        if self.classifier_stage:
+            return CLASSIFIER_MONITORS[self.cfg.monitor]
         return self.strategy.monitor
+
+    def class_weights(self) -> torch.Tensor | None:
+        """The training loss's per-class weights (``stage.class_weights``), from the training split's labels."""
+        return self.strategy.class_weights(self.splits.train, self.cfg.model.num_classes)
 
     def _robust_validation(self, model: nn.Module, val_acc: float) -> dict[str, float]:
         """PGD accuracy on a fixed, seeded subset of validation (``cfg.val_robust_n`` images, ``cfg.eval_attack``)
@@ -144,7 +155,8 @@ class Trainer:
             return done
         optimizer, scheduler = self._set_up(model, init_weights)
         state = load_checkpoint(self.dir / CHECKPOINT, model, optimizer, scheduler, self.device)
-        ctx = StepContext(stage=self.stage, attack=self.cfg.attack)
+        weights = self.class_weights()
+        ctx = StepContext(self.stage, self.cfg.attack, None if weights is None else weights.to(self.device))
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with ProgressBar(self.cfg.progress) as progress:
             run = _Run(model, optimizer, scheduler, state, ctx, autocast, progress)
@@ -227,6 +239,11 @@ class Trainer:
     def _keep_best(self, run: _Run, metrics: dict[str, Any], epoch: int) -> None:
         """Save the weights when the monitored score beats the best so far; record the best score."""
         score = float(metrics[self.monitor])
+        if np.isnan(score):
+            raise ValueError(
+                f"{self.regime}: the monitored {self.monitor} is NaN at epoch {epoch + 1} (a validation split with one "
+                f"class has no AUC); use a stratified validation split or monitor=bal_acc"
+            )
         if score > run.state.best_score:
             run.state.best_score, run.state.best_epoch = score, epoch + 1
             save_weights(run.model, self.dir / BEST)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from robustdx.core.config import DataConfig
-from robustdx.core.data import DataError, ImageDataset, build_splits
+from robustdx.core.data import DataError, ImageDataset, Splits, build_splits, dataset_labels, stratified_split
 from robustdx.core.data.base import open_mask
 from robustdx.core.data.busi import CLASSES, FOLDER, records
 from robustdx.core.data.transforms import eval_transform, train_transform
@@ -31,6 +31,24 @@ def _copy(busi_root: Path, tmp_path: Path) -> Path:
 
 def _binary(arr: np.ndarray) -> bool:
     return bool(np.isin(arr, (0.0, 1.0)).all())
+
+
+@pytest.fixture(params=["synthetic", "real"])
+def any_busi(request: pytest.FixtureRequest) -> Path:
+    """The synthetic BUSI copy, and the real one when ../shared/data/busi holds it."""
+    if request.param == "synthetic":
+        return request.getfixturevalue("busi_root")
+    if not (REAL_BUSI / FOLDER).is_dir():
+        pytest.skip("real BUSI not present under shared/data")
+    return REAL_BUSI
+
+
+def _fold(root: Path, k: int, fold: int, seed: int = 0) -> Splits:
+    return build_splits(DataConfig(dataset="busi", root=root, image_size=32, cv_folds=k, cv_fold=fold, split_seed=seed))
+
+
+def _names(s: Splits) -> dict[str, set[str]]:
+    return {k: set(getattr(s, k).records.names) for k in ("train", "val", "test")}
 
 
 # ------------------------------------------------------------------------------------ synthetic
@@ -173,6 +191,72 @@ def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         build_splits(DataConfig(dataset="busi", root=tmp_path / "absent", image_size=32))
     assert str(tmp_path / "absent") in str(err.value)
+
+
+def test_without_cv_folds_the_split_is_the_fixed_hold_out(busi_root: Path) -> None:
+    """cv_folds unset keeps the val_fraction / test_fraction split by original class, and the card has no fold."""
+    s = build_splits(DataConfig(dataset="busi", root=busi_root, image_size=32, split_seed=3))
+    full = records(busi_root)
+    want = stratified_split(full.groups, [0.15, 0.2], 3)
+    for split, idx in zip(("train", "val", "test"), want, strict=True):
+        assert sorted(getattr(s, split).records.names) == sorted(full.names[i] for i in idx), split
+    assert not {"cv_folds", "cv_fold", "test_ids", "test_ids_sha256"} & set(s.card())
+
+
+# ------------------------------------------------------------------------- cross-validation (both)
+
+
+K = 5
+
+
+def test_cv_every_image_is_tested_once_in_disjoint_splits(any_busi: Path) -> None:
+    everything = set(records(any_busi).names)
+    tested: list[str] = []
+    for fold in range(K):
+        names = _names(_fold(any_busi, K, fold))
+        assert not names["train"] & names["val"] and not names["train"] & names["test"] and not names["val"] & names["test"]
+        assert names["train"] | names["val"] | names["test"] == everything
+        tested += names["test"]
+    assert sorted(tested) == sorted(everything)
+
+
+def test_cv_folds_keep_class_and_group_proportions(any_busi: Path) -> None:
+    full = records(any_busi)
+    for fold in range(K):
+        s = _fold(any_busi, K, fold)
+        for values, test in ((full.labels, s.test.labels), (full.groups, s.test.groups)):
+            for c in np.unique(values):
+                assert abs((test == c).sum() - (values == c).sum() / K) < 1, (fold, c)
+        for g in range(len(CLASSES)):  # validation: a stratified val_fraction of the other folds
+            rest = (s.train.groups == g).sum() + (s.val.groups == g).sum()
+            assert abs((s.val.groups == g).sum() - 0.15 * rest) <= 0.5, (fold, g)
+        np.testing.assert_array_equal(dataset_labels(s.train), (s.train.groups == 1).astype(int))
+
+
+def test_cv_folds_are_seeded(any_busi: Path) -> None:
+    a, b = _names(_fold(any_busi, K, 1, seed=7)), _names(_fold(any_busi, K, 1, seed=7))
+    assert a == b
+    other = _names(_fold(any_busi, K, 1, seed=8))
+    assert other["test"] != a["test"]
+
+
+def test_cv_card_records_the_fold_and_its_test_items(any_busi: Path) -> None:
+    hashes = set()
+    for fold in range(K):
+        s = _fold(any_busi, K, fold)
+        card = s.card()
+        assert (card["cv_folds"], card["cv_fold"]) == (K, fold)
+        assert card["test_ids"] == sorted(s.test.records.names)  # BUSI ids: "class/file.png"
+        assert card["splits"]["test"]["n"] == len(card["test_ids"])
+        hashes.add(card["test_ids_sha256"])
+    assert len(hashes) == K
+
+
+def test_cv_with_two_views_gives_the_same_folds(busi_root: Path) -> None:
+    cfg = DataConfig(dataset="busi", root=busi_root, image_size=32, cv_folds=3, cv_fold=2)
+    one, two = build_splits(cfg), build_splits(cfg, two_views=True)
+    assert _names(one) == _names(two)
+    assert two.train[0][0].shape == (2, 3, 32, 32)
 
 
 # ----------------------------------------------------------------------------------------- real

@@ -84,6 +84,49 @@ def test_synthetic_image_folder_reads(tmp_path: Path) -> None:
     assert x.shape == (3, 16, 16)
 
 
+def test_cv_folds_split_the_train_folder_and_leave_valid_out(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"train": {"0": 20, "1": 10}, "valid": {"0": 3, "1": 3}})
+    tested: list[str] = []
+    for fold in range(3):
+        s = build_splits(DataConfig(dataset="pcam", root=tmp_path, image_size=16, cv_folds=3, cv_fold=fold))
+        names = {k: set(getattr(s, k).records.names) for k in ("train", "val", "test")}
+        assert not names["train"] & names["val"] and not names["train"] & names["test"] and not names["val"] & names["test"]
+        assert len(names["train"] | names["val"] | names["test"]) == 30
+        assert all(Path(n).parts[-3] == "train" for n in set().union(*names.values())), "valid/ is not used"
+        assert np.bincount(s.test.labels).tolist() in ([7, 3], [7, 4], [6, 3], [6, 4])
+        card = s.card()
+        assert (card["cv_folds"], card["cv_fold"]) == (3, fold)
+        assert card["test_ids"] == sorted(str(Path(n).relative_to(tmp_path)) for n in names["test"])
+        tested += card["test_ids"]
+    assert sorted(tested) == sorted(f"train/{c}/{i}.png" for c, n in (("0", 20), ("1", 10)) for i in range(n))
+
+
+def test_cv_fold_ids_do_not_depend_on_where_the_data_lives(tmp_path: Path) -> None:
+    _write_folder(tmp_path / "a", {"train": {"0": 10, "1": 10}, "valid": {"0": 1, "1": 1}})
+    _write_folder(tmp_path / "b", {"train": {"0": 10, "1": 10}, "valid": {"0": 1, "1": 1}})
+    cards = [build_splits(DataConfig(dataset="pcam", root=tmp_path / r, image_size=16, cv_folds=2)).card() for r in "ab"]
+    assert cards[0]["test_ids_sha256"] == cards[1]["test_ids_sha256"]
+
+
+def test_without_cv_folds_valid_stays_the_test_split(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"train": {"0": 10, "1": 10}, "valid": {"0": 3, "1": 3}})
+    s = build_splits(DataConfig(dataset="pcam", root=tmp_path, image_size=16))
+    assert all(Path(n).parts[-3] == "valid" for n in s.test.records.names)
+    assert "cv_folds" not in s.card()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pcam").is_dir(), reason="real PCam not present under shared/data")
+def test_real_pcam_cv_tests_every_train_patch_once() -> None:
+    tested: list[str] = []
+    for fold in range(4):
+        s = build_splits(DataConfig(dataset="pcam", root=REAL_PCAM, image_size=32, cv_folds=4, cv_fold=fold, split_seed=1))
+        assert np.bincount(s.test.labels).tolist() == [500, 500]
+        assert not set(s.train.records.names) & set(s.test.records.names)
+        tested += s.card()["test_ids"]
+    assert len(tested) == len(set(tested)) == 4000
+    assert all(t.startswith("train/") for t in tested)
+
+
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     _write_folder(tmp_path, {"train": {"0": 4}, "valid": {"0": 2, "1": 2}})
     (tmp_path / "train" / "1").mkdir()

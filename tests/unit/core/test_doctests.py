@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-MODULES = ["attacks.pgd", "drift", "explain.baselines", "explain.maps", "losses", "models", "registry"]
+MODULES = ["attacks.pgd", "data.base", "drift", "explain.baselines", "explain.maps", "losses", "models", "registry", "training.strategies"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -263,6 +263,60 @@ def test_run_config_stage_and_eval_defaults() -> None:
     assert cfg.finetune.lr == pytest.approx(1e-3)
 
 
+# ---------------------------------------------------------- cross-validation, class weights, monitor
+
+
+def test_new_fields_default_to_the_fixed_split_unweighted_accuracy_selection() -> None:
+    cfg = RunConfig()
+    assert (cfg.data.cv_folds, cfg.data.cv_fold) == (None, 0)
+    assert cfg.pretrain.class_weights == cfg.finetune.class_weights == "none"
+    assert cfg.monitor == "acc"
+
+
+def test_cv_and_class_weights_and_monitor_parse_from_overrides(tmp_path: Path) -> None:
+    raw = _raw(tmp_path, data={"dataset": "busi", "root": str(tmp_path)})
+    cfg = parse_config(raw, ["data.cv_folds=5", "data.cv_fold=4", "finetune.class_weights=balanced", "monitor=bal_acc"])
+    assert (cfg.data.cv_folds, cfg.data.cv_fold) == (5, 4)
+    assert (cfg.finetune.class_weights, cfg.pretrain.class_weights) == ("balanced", "none")
+    assert cfg.monitor == "bal_acc"
+    assert parse_config(raw, ["monitor=auc"]).monitor == "auc"
+    assert load_config_text(dump_config(cfg)) == cfg
+
+
+def load_config_text(text: str) -> RunConfig:
+    return parse_config(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"dataset": "busi", "cv_folds": 5, "cv_fold": 5}, "cv_fold=5 is out of range for cv_folds=5: use 0 .. 4"),
+        ({"dataset": "busi", "cv_fold": 2}, "cv_fold=2 needs cv_folds"),
+        ({"dataset": "camelyon17", "cv_folds": 5}, "camelyon17 splits by hospital"),
+        ({"dataset": "pcam", "cv_folds": 5, "n_test": 100}, "n_test=100 would subsample the test fold"),
+        ({"dataset": "busi", "cv_folds": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_bad_cross_validation_settings_name_the_fix(tmp_path: Path, data: dict, message: str) -> None:
+    msg = _error(_raw(tmp_path, data={"root": str(tmp_path), **data}))
+    assert "data" in msg and message in msg, msg
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("pretrain", "class_weights", "inverse"), (None, "monitor", "loss")])
+def test_unknown_class_weights_or_monitor_lists_the_choices(tmp_path: Path, section: str | None, key: str, value: str) -> None:
+    msg = _error(_raw(tmp_path), [f"{section}.{key}={value}" if section else f"{key}={value}"])
+    choices = ("'none'", "'balanced'") if section else ("'acc'", "'robust_mean'", "'bal_acc'", "'auc'")
+    assert all(c in msg for c in choices), msg
+
+
+def test_a_config_saved_before_these_fields_loads_equal_to_their_defaults(tmp_path: Path) -> None:
+    """Run folders written before cv_folds / class_weights / the new monitors existed resume unchanged."""
+    raw = RunConfig().model_dump(mode="json")
+    for section, key in (("data", "cv_folds"), ("data", "cv_fold"), ("pretrain", "class_weights"), ("finetune", "class_weights")):
+        del raw[section][key]
+    assert RunConfig.model_validate(raw) == RunConfig()
+
+
 def test_fgsm_rs_is_one_step() -> None:
     assert AttackConfig(name="fgsm_rs").steps == 1
     with pytest.raises(ValueError, match="exactly one step"):

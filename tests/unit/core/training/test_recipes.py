@@ -71,3 +71,20 @@ def test_guard_refuses_a_saved_config_that_no_longer_validates(tmp_path: Path) -
     (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({"recipe": "no_such_recipe"}))
     with pytest.raises(ConfigError, match="no longer a valid run config"):
         _guard_config(cfg, cfg.run_dir)
+
+
+def test_guard_resumes_a_run_saved_before_cv_class_weights_and_new_monitors(tmp_path: Path) -> None:
+    """A config.yaml without data.cv_folds / cv_fold / class_weights is the same run as one with their defaults."""
+    cfg = _cfg(tmp_path)
+    _guard_config(cfg, cfg.run_dir)
+    saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())
+    for section, key in (("data", "cv_folds"), ("data", "cv_fold"), ("pretrain", "class_weights"), ("finetune", "class_weights")):
+        del saved[section][key]
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    _guard_config(cfg, cfg.run_dir)
+    for changed in (
+        cfg.model_copy(update={"monitor": "bal_acc"}),
+        cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"class_weights": "balanced"})}),
+    ):
+        with pytest.raises(ConfigError, match="different configuration"):
+            _guard_config(changed, cfg.run_dir)

@@ -3,15 +3,20 @@ trains, finite losses, validation keys, and the registry's lookup errors."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
 
+import robustdx.core.training.strategies as strategies
 from robustdx.core.config import AttackConfig, FinetuneMode, Regime, StageConfig
 from robustdx.core.training.strategies import (
     CEStrategy,
     FinetuneStrategy,
     StepContext,
     SupConStrategy,
+    balanced_class_weights,
     create_strategy,
     list_regimes,
 )
@@ -107,3 +112,89 @@ def test_validation_keys() -> None:
     assert 0 <= ce["val_acc"] <= 1
     supcon = create_strategy(Regime.SUPCON, StageConfig()).validate(model, tensor_splits(two_views=True), cpu, batch_size=8)
     assert set(supcon) == {"val_centroid_acc"} and 0 <= supcon["val_centroid_acc"] <= 1
+
+
+# ------------------------------------------------------------------------------------ class weights
+
+CLASSIFIER_REGIMES = [Regime.CE, Regime.ADV_CE, Regime.FINETUNE]
+Y = torch.tensor([0, 0, 0, 1, 0, 1])  # the tiny batch
+TRAIN_LABELS = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])  # 6:2 -> weights 8/(2·6), 8/(2·2)
+
+
+def _train_set(labels: torch.Tensor = TRAIN_LABELS) -> TensorDataset:
+    return TensorDataset(torch.zeros(len(labels), 3, 16, 16), labels)
+
+
+def test_balanced_weights_are_inverse_class_frequency() -> None:
+    assert balanced_class_weights(np.array([0] * 6 + [1] * 2), 2).tolist() == pytest.approx([8 / 12, 8 / 4])
+    assert balanced_class_weights(np.array([0, 1, 2, 2]), 3).tolist() == pytest.approx([4 / 3, 4 / 3, 4 / 6])
+    assert balanced_class_weights(np.array([1, 0] * 5), 2).tolist() == [1.0, 1.0]
+
+
+def test_balanced_weights_refuse_a_missing_class_naming_the_counts() -> None:
+    with pytest.raises(ValueError, match=r"every one of 2 classes.*counts \[4, 0\].*class_weights='none'"):
+        balanced_class_weights(np.zeros(4, dtype=int), 2)
+    with pytest.raises(ValueError, match=r"counts \[1, 0, 1\]"):
+        balanced_class_weights(np.array([0, 2]), 2)
+
+
+@pytest.mark.parametrize("regime", CLASSIFIER_REGIMES)
+def test_classifier_regimes_weight_by_the_training_labels_only_when_balanced(regime: Regime) -> None:
+    balanced = create_strategy(regime, StageConfig(class_weights="balanced")).class_weights(_train_set(), 2)
+    assert balanced is not None and balanced.tolist() == pytest.approx([8 / 12, 8 / 4])
+    assert create_strategy(regime, StageConfig()).class_weights(_train_set(), 2) is None
+
+
+@pytest.mark.parametrize("regime", [Regime.SUPCON, Regime.ADV_SUPCON])
+def test_supcon_ignores_class_weights(regime: Regime) -> None:
+    assert create_strategy(regime, StageConfig(class_weights="balanced")).class_weights(_train_set(), 2) is None
+
+
+def _clean_loss(regime: Regime, class_weights: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The strategy's clean loss on the tiny batch, the model's logits on it, and the weights used."""
+    stage = StageConfig(class_weights=class_weights)
+    strategy = create_strategy(regime, stage)
+    model = tiny_model(0)
+    strategy.prepare(model)
+    model.eval()  # no dropout: the logits below are the ones the loss saw
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    weights = strategy.class_weights(_train_set(), 2)
+    loss = strategy.loss(model, x, Y, False, StepContext(stage, AttackConfig(), weights))
+    return loss, model(x), weights
+
+
+@pytest.mark.parametrize("regime", CLASSIFIER_REGIMES)
+def test_balanced_loss_is_torchs_weighted_cross_entropy_with_hand_computed_weights(regime: Regime) -> None:
+    loss, logits, _ = _clean_loss(regime, "balanced")
+    hand = torch.tensor([8 / 12, 8 / 4])
+    expected = F.cross_entropy(logits, Y, weight=hand)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, F.cross_entropy(logits, Y)), "the weights must change this batch's loss"
+
+
+@pytest.mark.parametrize("regime", CLASSIFIER_REGIMES)
+def test_unweighted_loss_is_plain_cross_entropy(regime: Regime) -> None:
+    loss, logits, weights = _clean_loss(regime, "none")
+    assert weights is None
+    torch.testing.assert_close(loss, F.cross_entropy(logits, Y))
+
+
+def test_the_adversarial_pass_weights_the_training_loss_but_not_the_attack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack_ce gets the plain batch (its loss is the unweighted one); the loss on its output is weighted."""
+    seen: dict = {}
+    shift = torch.full((6, 3, 16, 16), 0.01)
+
+    def fake_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig) -> torch.Tensor:
+        seen.update(x=x, y=y, attack=attack)
+        return (x + shift).clamp(0, 1)
+
+    monkeypatch.setattr(strategies, "attack_ce", fake_attack)
+    stage = StageConfig(class_weights="balanced")
+    strategy = create_strategy(Regime.ADV_CE, stage)
+    model = tiny_model(0)
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    weights = strategy.class_weights(_train_set(), 2)
+    attack = AttackConfig(eps=4 / 255, steps=2)
+    loss = strategy.loss(model, x, Y, True, StepContext(stage, attack, weights))
+    assert seen["x"] is x and seen["y"] is Y and seen["attack"] is attack
+    torch.testing.assert_close(loss, F.cross_entropy(model((x + shift).clamp(0, 1)), Y, weight=torch.tensor([8 / 12, 8 / 4])))
