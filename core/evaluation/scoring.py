@@ -26,7 +26,7 @@ from robustdx.core.data import ImageDataset, Splits
 from robustdx.core.evaluation.metrics import classification_metrics, predict
 from robustdx.core.evaluation.robustness import EvalConfig, robust_accuracy
 from robustdx.core.explain import quality as attr_metrics
-from robustdx.core.explain.adaptive import fast_integrated_gradients
+from robustdx.core.explain.ig import SCORING_STEPS, integrated_gradients
 from robustdx.core.explain.maps import attribution_map
 
 Objective = Literal["robust_mean", "clean", "robust"]
@@ -56,16 +56,17 @@ def region_batch(
 
 
 def attribution_score(
-    model: nn.Module, x: torch.Tensor, masks: torch.Tensor, baseline: str = "blur", tol: float = 0.01
+    model: nn.Module, x: torch.Tensor, masks: torch.Tensor, baseline: str = "blur", n_steps: int = SCORING_STEPS
 ) -> float | None:
-    """Mean positive IG mass inside ``masks`` for the predicted class (None when no image has a region)."""
+    """Mean positive IG mass inside ``masks`` for the predicted class (None when no image has a region);
+    IG on ``n_steps`` Gauss–Legendre points, the rule of every scored map."""
     has_region = masks.flatten(1).any(1)
     if not has_region.any():
         return None
     x, masks = x[has_region], masks[has_region]
     with torch.no_grad():
         target = model(x).argmax(1)
-    ig = fast_integrated_gradients(model, x, target=target, baseline=baseline, tol=tol)
+    ig = integrated_gradients(model, x, target=target, baseline=baseline, n_steps=n_steps)
     return float(attr_metrics.mass_in_region(attribution_map(ig.attributions), masks).mean())
 
 

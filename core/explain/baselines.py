@@ -1,7 +1,7 @@
 """Baselines: the reference images that Integrated Gradients integrates from and that deletion /
 insertion paste in.
 
-Why one module: IG (:mod:`.ig`, :mod:`.adaptive`) and the faithfulness scores (:mod:`.quality`) both
+Why one module: IG (:mod:`.ig`) and the faithfulness scores (:mod:`.quality`) both
 replace an image by a "no information" image, and Sturmfels et al. (2020, "Visualizing the impact of
 feature attribution baselines") show the choice changes the maps. One :class:`Baseline` name set, one
 registry of makers (:data:`BASELINES`) and one Gaussian blur (:func:`gaussian_blur`) keep both users

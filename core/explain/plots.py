@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from robustdx.core.attacks import attack_ce, frozen_eval
 from robustdx.core.config import AttackConfig
-from robustdx.core.explain.adaptive import fast_integrated_gradients
 from robustdx.core.explain.baselines import Baseline
 from robustdx.core.explain.checks import check_images
+from robustdx.core.explain.ig import SCORING_STEPS, integrated_gradients
 from robustdx.core.explain.maps import attribution_map
 from robustdx.core.registry import parse_option
 
@@ -51,7 +51,8 @@ class GridConfig:
         baseline: the IG baseline.
         target: explain the true class (``label``, so the clean and attacked maps are comparable) or
             each prediction (``predicted``).
-        tol: the completeness tolerance of the adaptive IG; a map above it says so in its title.
+        tol: completeness error (a fraction of ``f(x) − f(b)``) above which a map's title says so.
+        n_steps: Gauss–Legendre points of IG (the scored maps' rule by default).
         class_names: names of the classes for the titles (None: the class indices).
     """
 
@@ -59,6 +60,7 @@ class GridConfig:
     baseline: Baseline | str = Baseline.BLACK
     target: GridTarget | str = GridTarget.LABEL
     tol: float = 0.01
+    n_steps: int = SCORING_STEPS
     class_names: Sequence[str] | None = None
 
 
@@ -195,7 +197,7 @@ def _grid_cells(model: nn.Module, x: Tensor, y: Tensor, config: GridConfig, mode
     for kind, img in (("clean", x), ("PGD", attack_ce(model, x, y, config.attack))):
         pred, conf = _predict(model, img)
         tgt = y if mode == GridTarget.LABEL else pred
-        res = fast_integrated_gradients(model, img, target=tgt, baseline=config.baseline, tol=config.tol)
+        res = integrated_gradients(model, img, target=tgt, baseline=config.baseline, n_steps=config.n_steps)
         cells.append(_GridCell(kind, img, pred, conf, tgt, attribution_map(res.attributions), res.rel_error))
     return cells
 
@@ -220,7 +222,7 @@ def _draw_row(fig: Any, axes: Any, cells: list[_GridCell], labels: Tensor, confi
             )
             mappable = _draw_overlay(ax_map, c.images[i], c.maps[i], scale)
             err = float(c.rel_error[i])
-            flag = "" if err <= config.tol else " NOT CONVERGED"
+            flag = "" if err <= config.tol else " INCOMPLETE"
             ax_map.set_title(f"IG({_class_name(c.target[i], names)}) err {err:.2%}{flag}", fontsize=7)
             fig.colorbar(mappable, ax=ax_map, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
 
@@ -232,8 +234,8 @@ def save_attack_grid(models: dict[str, nn.Module], images: Tensor, labels: Tenso
     overlay, the attacked image (:func:`robustdx.core.attacks.pgd.attack_ce` with ``config.attack``)
     and its IG overlay. Both maps of an image share one colour scale so the change under attack is
     visible; by default both explain the *true* class (``target="predicted"`` explains each
-    prediction). IG is :func:`~robustdx.core.explain.adaptive.fast_integrated_gradients` at
-    ``config.tol``; a map whose completeness error stays above ``tol`` says so in its title.
+    prediction). IG is :func:`~robustdx.core.explain.ig.integrated_gradients` with ``config.n_steps``
+    Gauss–Legendre points; a map whose completeness error is above ``config.tol`` says so in its title.
     """
     if not models:
         raise ValueError("models is empty; pass {'regime name': model, ...}")

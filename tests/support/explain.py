@@ -1,7 +1,7 @@
 """Tiny models, images and checks for the Integrated-Gradients unit tests (tests/unit/core/explain).
 
-Why shared: the captum, adaptive, baseline and plot tests explain the same calibrated tiny CNN on the
-same seeded images, and both IG methods are held to the same completeness check.
+Why shared: the IG, baseline and plot tests explain the same calibrated tiny CNN on the same seeded
+images, and every IG result is held to the same completeness check against the model's own logits.
 """
 
 from __future__ import annotations

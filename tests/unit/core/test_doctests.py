@@ -9,7 +9,20 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-MODULES = ["attacks.pgd", "data.base", "drift", "explain.baselines", "explain.maps", "losses", "models", "registry", "training.strategies"]
+MODULES = [
+    "attacks.folding",
+    "attacks.pgd",
+    "data.base",
+    "drift",
+    "explain.baselines",
+    "explain.ig",
+    "explain.maps",
+    "explain.quality",
+    "losses",
+    "models",
+    "registry",
+    "training.strategies",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from robustdx.core.config import AttackConfig
-from robustdx.core.explain.adaptive import fast_integrated_gradients
+from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
 from robustdx.core.explain.plots import GridConfig, heatmap_png, save_attack_grid, save_overlay
 from tests.support.explain import calibrated_cnn, images
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("reduce", ["sum", "abs"])
 def test_save_overlay_png(tmp_path: Path, reduce: str) -> None:
     model, x = calibrated_cnn(), images(1, 32)
-    amap = attribution_map(fast_integrated_gradients(model, x).attributions, reduce)[0]
+    amap = attribution_map(integrated_gradients(model, x, n_steps=8).attributions, reduce)[0]
     out = save_overlay(x[0], amap, tmp_path / "sub" / "overlay.png", title="test overlay")
     assert out == tmp_path / "sub" / "overlay.png" and out.stat().st_size > 0
     with Image.open(out) as im:
