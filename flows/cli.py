@@ -179,7 +179,8 @@ def experiment(
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; train nothing.")] = False,
 ) -> None:
-    """Regenerate a paper table: every recipe x seed, clean/robust accuracy and attribution scores, as a report folder.
+    """Regenerate a paper table: every recipe x seed (x fold) on equal budgets, clean/robust accuracy with intervals,
+    paired comparisons and attribution scores beside their controls, as a report folder.
 
     Resumable: finished cells are skipped, an interrupted training resumes.
     """
@@ -187,14 +188,20 @@ def experiment(
 
     try:
         exp, base = load_experiment(config, set_ or [])
+        from robustdx.core.evaluation.experiment import cell_config, cell_name, cells_of, run_experiment
+        from robustdx.core.training.recipes import RECIPES
+
         if dry_run:
-            cells = [f"{r}-s{s}" for r in exp.recipes for s in exp.seeds]
+            lines = []
+            for cell in cells_of(exp):  # validates every cell's config, budget included
+                cfg = cell_config(base, exp, *cell)
+                epochs = ", ".join(f"{key} {getattr(cfg, key).epochs}" for _, key in RECIPES[cfg.recipe])
+                lines.append(f"  {cell_name(*cell)}: {epochs} epochs")
             console.print(
-                f"{len(cells)} cells on {base.data.dataset} ({base.model.arch} @ {base.data.image_size} px): "
-                f"{', '.join(cells)}\nreport: {exp.output_dir / exp.name}"
+                f"{len(lines)} cells on {base.data.dataset} ({base.model.arch} @ {base.data.image_size} px):\n"
+                + "\n".join(lines) + f"\nreport: {exp.output_dir / exp.name}"
             )
             return
-        from robustdx.core.evaluation.experiment import run_experiment
 
         report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"))
     except (ConfigError, DataError, BundleError) as err:

@@ -9,7 +9,14 @@ The run config's names are re-exported here, as everything that trains, serves o
 """
 
 from robustdx.core.config.base import PixelBudget, PixelFloat, apply_overrides, format_errors, load_yaml
-from robustdx.core.config.experiment import PAPER_RECIPES, AttributionSettings, ExperimentConfig, load_experiment
+from robustdx.core.config.experiment import (
+    PAPER_RECIPES,
+    AttributionSettings,
+    Budget,
+    ExperimentConfig,
+    SuiteConfig,
+    load_experiment,
+)
 from robustdx.core.config.run import (
     AdversarialSchedule,
     AttackConfig,
@@ -34,6 +41,7 @@ __all__ = [
     "AttackConfig",
     "AttackSpace",
     "AttributionSettings",
+    "Budget",
     "ConfigError",
     "DataConfig",
     "DatasetName",
@@ -46,6 +54,7 @@ __all__ = [
     "Regime",
     "RunConfig",
     "StageConfig",
+    "SuiteConfig",
     "apply_overrides",
     "dump_config",
     "format_errors",

@@ -1,21 +1,23 @@
-"""``robustdx experiment``: regenerate a paper table — every recipe x seed, clean, robust and attributions.
+"""``robustdx experiment``: regenerate a paper table under a protocol whose numbers can carry a conclusion.
 
 Why it exists: the paper reports one run per cell, clean accuracy only and anecdotal saliency maps
-(SCIENCE.md, weaknesses 3, 5 and 7). A cell here is one recipe trained with one seed through the
-same :func:`run_recipe` the CLI, the Prefect flows and the Ray Tune trainable use, then scored on the
-test split:
+(SCIENCE.md, weaknesses 3, 5 and 7). A cell here is one recipe trained with one seed (and, with
+cross-validation, on one fold) through the same :func:`run_recipe` the CLI, the Prefect flows and the Ray
+Tune trainable use — every regime on the same optimisation budget (:class:`~robustdx.core.config.Budget`) —
+then scored on a fixed set of evaluation items shared by every cell (:mod:`robustdx.core.evaluation.suite`):
 
-* clean: accuracy, balanced accuracy, AUC, ECE, worst-group accuracy, bootstrap 95% CIs;
-* robust: PGD (``pgd_steps``, ``pgd_restarts``) accuracy over the pixel-unit ε grid, a
-  gradient-free Square attack at the grid's largest ε, and gradient-masking flags;
-* attributions (Integrated Gradients, clean and on PGD-attacked inputs): mass inside the label
-  region (BUSI lesion masks; the PCam/Camelyon centre 32×32), pointing game, deletion/insertion
-  AUC, infidelity/sensitivity, and the model-randomisation sanity check.
+* clean: accuracy and per-class recall with Wilson intervals, balanced accuracy and AUC with class-stratified
+  bootstrap intervals, calibration;
+* robust: per item the worst case over PGD and APGD (and Square at the training ε) at the headline budgets
+  on every item, over the rest of the ε grid and at sanity budgets on a prefix, with the flags that say when
+  an evaluation cannot be trusted;
+* attributions: IG on a fixed Gauss–Legendre rule, each score beside the same score of a plain-gradient map
+  and of a fully randomised model, deletion/insertion beside random orders, baseline-aware infidelity, the
+  cascading randomisation check.
 
-Every cell is written to ``cells/RECIPE-sSEED.json`` as soon as it is done, so a rerun skips
-finished cells (and ``run_recipe`` resumes an interrupted training). The report folder holds
-``report.md``, ``results.csv`` (one row per cell), ``summary.csv`` (mean ± std per recipe) and PNG
-plots: training curves, accuracy-vs-ε, and the clean-vs-attacked IG grid.
+Every cell is written to ``cells/NAME.json`` as soon as it is done (per-item outcomes included, for paired
+tests), so a rerun skips finished cells and an interrupted training resumes. The report
+(:mod:`robustdx.core.evaluation.experiment_report`) opens with what the results support.
 """
 
 from __future__ import annotations
@@ -23,360 +25,265 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
-from robustdx.core.config import AttackConfig, ExperimentConfig, Recipe, RunConfig
+from robustdx.core.attacks import attack_ce
+from robustdx.core.config import Budget, DatasetName, ExperimentConfig, Recipe, RunConfig, parse_config
 from robustdx.core.data import Splits, build_splits
+from robustdx.core.data.base import ImageDataset
 from robustdx.core.evaluation import metrics as ev
-from robustdx.core.evaluation.robustness import EvalConfig, gradient_masking_flags, robustness_curve, square_robust_accuracy
-from robustdx.core.evaluation.scoring import region_batch
-from robustdx.core.explain import quality as attr_metrics
-from robustdx.core.explain.ig import SCORING_STEPS, integrated_gradients
+from robustdx.core.evaluation import statistics as st
+from robustdx.core.evaluation.suite import evaluation_items, run_suite
+from robustdx.core.explain import quality
+from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
-from robustdx.core.explain.plots import GridConfig, agg_figure, save_attack_grid
-from robustdx.core.training.recipes import has_classifier, run_recipe
-from robustdx.core.util import atomic_write_bytes, markdown_table, resolve_device, write_csv
+from robustdx.core.training.recipes import RECIPES, run_recipe
+from robustdx.core.training.strategies import create_strategy
+from robustdx.core.util import atomic_write_bytes, resolve_device
 
 Log = Callable[[str], None]
 
 
-def cell_config(base: RunConfig, exp: ExperimentConfig, recipe: Recipe, seed: int) -> RunConfig:
-    """The run config of one cell: the base with this recipe, seed, name and output folder."""
-    return base.model_copy(
-        update={"recipe": recipe, "seed": seed, "name": f"{recipe}-s{seed}", "output_dir": exp.output_dir / exp.name / "runs"}
-    )
+# ---------------------------------------------------------------------------------------------------------
+# cells
+# ---------------------------------------------------------------------------------------------------------
+def cell_name(recipe: Recipe | str, seed: int, fold: int | None) -> str:
+    return f"{recipe}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
-def _score_attributions(
-    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, exp: ExperimentConfig
-) -> dict[str, float]:
-    a = exp.attribution
-    ig = integrated_gradients(model, x, target=target, baseline=a.baseline, n_steps=SCORING_STEPS)
-    amap = attribution_map(ig.attributions)
-    has_region = masks.flatten(1).any(1)  # BUSI "normal" images have no lesion
-    out = {"ig_rel_error_max": float(ig.rel_error.max())}
-    if has_region.any():
-        out["region_mass"] = float(attr_metrics.mass_in_region(amap[has_region], masks[has_region]).mean())
-        out["pointing_game"] = float(attr_metrics.pointing_game(amap[has_region], masks[has_region]).float().mean())
-        out["region_area"] = float(masks[has_region].float().mean())
-    # black/grey patches are OOD: delete into a blurred copy; curves are relative to p(x), beside random orders
-    di = attr_metrics.deletion_insertion_auc(model, x, amap, target, attr_metrics.DeletionConfig(baseline="blur"))
-    for kind in ("deletion", "insertion"):
-        out[f"{kind}_auc"] = float(di[kind].mean())
-        out[f"{kind}_random_auc"] = float(di[f"{kind}_random"].mean())
-        out[f"{kind}_diff"] = float(di[f"{kind}_diff"].mean())
+def cells_of(exp: ExperimentConfig) -> list[tuple[Recipe, int, int | None]]:
+    """Every (recipe, seed, fold) of the table, recipe-major."""
+    folds: list[int | None] = list(range(exp.folds)) if exp.folds else [None]
+    return [(r, s, f) for r in exp.recipes for s in exp.seeds for f in folds]
+
+
+def budget_epochs(cfg: RunConfig, budget: Budget) -> dict[str, int]:
+    """Epochs of each stage of ``cfg.recipe`` that spend ``budget.passes`` optimiser passes over the training
+    split in all (a stage on the paper's clean + adversarial schedule makes two passes an epoch).
+
+    Raises:
+        ValueError: the budget cannot be split into whole epochs (the message says which budget would).
+    """
+    stages = RECIPES[cfg.recipe]
+    passes = {key: len(create_strategy(regime, getattr(cfg, key)).passes()) for regime, key in stages}
+    if len(stages) == 1:
+        (key,) = passes
+        shares = {key: budget.passes}
+    else:
+        (pre, _), (fine, _) = ((k, 0) for _, k in stages)
+        first = round(budget.passes * budget.pretrain_share / passes[pre]) * passes[pre]
+        shares = {pre: first, fine: budget.passes - first}
+    epochs = {key: shares[key] // passes[key] for key in shares}
+    if any(e < 1 or e * passes[k] != shares[k] for k, e in epochs.items()):
+        raise ValueError(
+            f"budget.passes={budget.passes} cannot be split into whole epochs for {cfg.recipe} "
+            f"(passes per epoch: {passes}); use a multiple of {2 * max(passes.values())}"
+        )
+    return epochs
+
+
+def cell_config(base: RunConfig, exp: ExperimentConfig, recipe: Recipe, seed: int, fold: int | None) -> RunConfig:
+    """The run config of one cell: the base with this recipe, seed (and fold), name, output folder and budget."""
+    raw = base.model_dump(mode="json")
+    runs = exp.output_dir / exp.name / "runs"
+    raw.update(recipe=str(recipe), seed=seed, name=cell_name(recipe, seed, fold), output_dir=str(runs))
+    if fold is not None:
+        raw["data"].update(cv_folds=exp.folds, cv_fold=fold, n_test=None)
+    cfg = parse_config(raw)
+    if exp.budget is None:
+        return cfg
+    for key, epochs in budget_epochs(cfg, exp.budget).items():
+        raw[key]["epochs"] = epochs
+    return parse_config(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the evaluation items
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class EvalItems:
+    """The evaluation items of a cell, loaded once: images, labels, ids (unique across folds) and label regions."""
+
+    x: Tensor
+    y: Tensor
+    ids: list[str]
+    regions: Tensor  # [N, H, W] bool: the lesion mask (BUSI) or the centre label region (PCam / Camelyon17)
+    region: str
+
+
+def evaluation_data(splits: Splits, cfg: RunConfig, n_items: int | None, device: torch.device) -> EvalItems:
+    """The test split's evaluation items in the fixed order of :func:`evaluation_items`."""
+    test = splits.test
+    busi = cfg.data.dataset == DatasetName.BUSI
+    if busi:
+        test = ImageDataset(test.records, test.transform, with_masks=True)
+    order = evaluation_items(len(test), n_items, cfg.data.split_seed)
+    items = [test[int(i)] for i in order]
+    x = torch.stack([it[0] for it in items]).to(device)
+    if busi:
+        regions = torch.stack([it[3][0] for it in items]) > 0.5
+    else:
+        regions = quality.centre_mask(x.shape[-2], x.shape[-1]).expand(len(x), -1, -1)
+    prefix = "" if cfg.data.cv_folds is None else f"f{cfg.data.cv_fold}:"
+    return EvalItems(
+        x, torch.tensor([int(it[1]) for it in items], device=device), [f"{prefix}{int(i)}" for i in order],
+        regions.to(device), "lesion" if busi else "centre",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scores
+# ---------------------------------------------------------------------------------------------------------
+def clean_scores(model: nn.Module, data: EvalItems, n_classes: int, exp: ExperimentConfig, seed: int) -> dict[str, Any]:
+    """Clean metrics of the evaluation items, every number with its interval."""
+    loader = DataLoader(Subset(torch.utils.data.TensorDataset(data.x, data.y, torch.zeros_like(data.y)), range(len(data.y))),
+                        batch_size=256)  # fmt: skip
+    probs, labels, _ = ev.predict(model, loader, data.x.device)
+    pred = probs.argmax(1)
+    out: dict[str, Any] = {
+        "n": int(len(labels)),
+        "acc": st.proportion(int((pred == labels).sum()), len(labels)).to_json(),
+        "recall": [r.to_json() for r in st.per_class_recall(pred, labels, n_classes)],
+        "bal_acc": {"value": st.balanced_accuracy(pred, labels, n_classes),
+                    "ci": list(st.balanced_accuracy_ci(pred, labels, n_classes, n_boot=exp.n_boot, seed=seed))},  # fmt: skip
+        "ece": ev.expected_calibration_error(probs, labels),
+    }
+    if n_classes == 2 and len(np.unique(labels)) == 2:
+        scores = probs[:, 1]
+        out["auc"] = {"value": st.auc(scores, labels), "ci": list(st.auc_ci(scores, labels, n_boot=exp.n_boot, seed=seed))}
+    out["better_than_chance"] = st.better_than_chance(out["bal_acc"]["ci"][0])
     return out
 
 
-def _ig_fn(exp: ExperimentConfig, n_steps: int = SCORING_STEPS) -> Callable[..., torch.Tensor]:
-    """IG on the scoring rule (``SCORING_STEPS`` Gauss-Legendre points) for the perturbation-based scores
-    (sensitivity, infidelity, randomisation): the same fixed grid for every input and model."""
+def _region_scores(amap: Tensor, regions: Tensor) -> dict[str, Any]:
+    """Share of positive attribution inside the label region, and the pointing game (with a Wilson interval)."""
+    mass = quality.mass_in_region(amap, regions)
+    hits = quality.pointing_game(amap, regions)
+    return {
+        "region_mass": float(torch.nanmean(mass)),
+        "pointing_game": st.proportion(int(hits.sum()), len(hits)).to_json(),
+    }
 
-    def explain(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return integrated_gradients(model, inputs, target=target, baseline=exp.attribution.baseline, n_steps=n_steps).attributions
 
-    return explain
+def attribution_scores(model: nn.Module, data: EvalItems, cfg: RunConfig, exp: ExperimentConfig) -> dict[str, Any]:
+    """IG on the fixed rule, each score beside a plain-gradient map's and a fully randomised model's."""
+    a = exp.attribution
+    keep = data.regions.flatten(1).any(1).nonzero().flatten()  # BUSI "normal" images have no lesion
+    keep = keep if a.n_images is None else keep[: a.n_images]
+    x, regions = data.x[keep], data.regions[keep]
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    ig = integrated_gradients(model, x, target=target, baseline=a.baseline, n_steps=a.n_steps)
+    ig_map = attribution_map(ig.attributions)
+    random_model, _ = quality.randomised_copy(model, seed=cfg.seed + 7919)
+    random_ig = integrated_gradients(random_model, x, target=target, baseline=a.baseline, n_steps=a.n_steps)
+    x_adv = attack_ce(model, x, target, cfg.attack)
+    attacked = integrated_gradients(model, x_adv, target=target, baseline=a.baseline, n_steps=a.n_steps)
+    out: dict[str, Any] = {
+        "n": int(len(keep)),
+        "region": data.region,
+        "region_area": float(regions.float().mean()),
+        "converged": st.proportion(int(ig.converged(a.tol).sum()), len(keep)).to_json(),
+        "ig": _region_scores(ig_map, regions),
+        "gradient": _region_scores(attribution_map(quality.gradient_map(model, x, target), reduce="abs"), regions),
+        "randomised_model_ig": _region_scores(attribution_map(random_ig.attributions), regions),
+        "ig_attacked": _region_scores(attribution_map(attacked.attributions), regions),
+    }
+    di = quality.deletion_insertion_auc(model, x, ig_map, target, quality.DeletionConfig(baseline="blur", seed=cfg.seed))
+    keys = ("deletion", "insertion", "deletion_random", "insertion_random", "deletion_diff", "insertion_diff")
+    out["deletion_insertion"] = {k: float(di[k].mean()) for k in keys}
+    out.update(_sanity_scores(model, x, target, cfg, exp))
+    return out
+
+
+def _sanity_scores(model: nn.Module, x: Tensor, target: Tensor, cfg: RunConfig, exp: ExperimentConfig) -> dict[str, Any]:
+    """The cascading randomisation check and baseline-aware infidelity / max-sensitivity (IG and gradient)."""
+    a = exp.attribution
+
+    def ig_fn(m: nn.Module, inputs: Tensor, t: Tensor) -> Tensor:
+        return integrated_gradients(m, inputs, target=t, baseline=a.baseline, n_steps=a.n_steps).attributions
+
+    out: dict[str, Any] = {}
+    if a.n_sanity:
+        cascade = quality.cascading_randomisation(model, x[: a.n_sanity], ig_fn, target[: a.n_sanity], seed=cfg.seed + 7919)
+        out["cascading"] = {"stages": cascade["stages"], "mean_spearman": [float(v) for v in cascade["mean_spearman"]],
+                            "full_randomisation_spearman": float(cascade["full"]["mean_spearman"])}  # fmt: skip
+    if a.n_infidelity:
+        xs, ts = x[: a.n_infidelity], target[: a.n_infidelity]
+        inf_ig = quality.infidelity_and_sensitivity(model, xs, ig_fn, ts, baseline=a.baseline)
+        inf_grad = quality.infidelity_and_sensitivity(model, xs, quality.gradient_map, ts, baseline=None)
+        for key in ("infidelity", "sensitivity_max"):
+            out[key] = {"ig": float(inf_ig[key].mean()), "gradient": float(inf_grad[key].mean())}
+    return out
 
 
 def evaluate_cell(
-    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
+    model: nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
 ) -> dict[str, Any]:
-    """Clean, robust and attribution scores of one trained model on the test split."""
+    """Clean, robust and attribution scores of one trained model on the evaluation items."""
     model.to(device).eval()
-    probs, labels, groups = ev.predict(model, DataLoader(splits.test, batch_size=cfg.data.eval_batch_size), device)
-    clean = ev.classification_metrics(probs, labels, groups)
-    pred = probs.argmax(1)
-    clean["acc_ci"] = ev.bootstrap_ci(lambda idx: float((pred[idx] == labels[idx]).mean()), len(labels), exp.n_boot, cfg.seed)
-    robust = _robustness(model, cfg, exp, splits, device)
-    return {"test": clean, **robust, "attribution": _attributions(model, cfg, exp, splits, device)}
-
-
-def _robustness(
-    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
-) -> dict[str, Any]:
-    """``robustness`` (PGD over the ε grid), ``square`` (at the grid's largest ε; None when
-    ``exp.n_square`` is 0) and the gradient-masking ``flags`` on the test split."""
-    pgd = EvalConfig(
-        eps_grid=exp.eps_grid,
-        steps=exp.pgd_steps,
-        restarts=exp.pgd_restarts,
-        max_n=exp.n_robust,
-        batch_size=cfg.data.eval_batch_size,
-        seed=cfg.seed,
-    )
-    curve = robustness_curve(model, splits.test, pgd, device=device)
-    square = None
-    if exp.n_square:  # Square keeps EvalConfig's batch size (its batch k is seeded seed + k)
-        budget = EvalConfig(square_n=exp.n_square, square_queries=exp.square_queries, seed=cfg.seed)
-        square = square_robust_accuracy(model, splits.test, max(exp.eps_grid), budget, device=device)
-    flags = gradient_masking_flags(curve, [square] if square else [])
-    return {"robustness": curve, "square": square, "flags": flags}
-
-
-def _attributions(
-    model: torch.nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
-) -> dict[str, Any]:
-    """IG scores on the first test images, clean and PGD-attacked, and the sanity / infidelity checks."""
-    a = exp.attribution
-    x, y, masks, region = region_batch(splits, cfg, a.n_images)
-    x, y, masks = x.to(device), y.to(device), masks.to(device)
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    x_adv = _attack(model, x, y, cfg.attack)
-    attributions = {
-        "region": region,
-        "clean": _score_attributions(model, x, target, masks, exp),
-        "attacked": _score_attributions(model, x_adv, target, masks, exp),
+    data = evaluation_data(splits, cfg, exp.robustness.n_items, device)
+    n_classes = cfg.model.num_classes
+    robustness = run_suite(model, data.x, data.y, float(cfg.attack.eps), exp.robustness, n_classes)
+    return {
+        "items": data.ids,
+        "labels": data.y.cpu().tolist(),
+        "test": clean_scores(model, data, n_classes, exp, cfg.seed),
+        "robustness": robustness,
+        "flags": robustness["flags"],
+        "attribution": attribution_scores(model, data, cfg, exp),
     }
-    explain = _ig_fn(exp)
-    if a.n_sanity:
-        sanity = attr_metrics.randomisation_check(model, x[: a.n_sanity], explain, target[: a.n_sanity], seed=cfg.seed + 7919)
-        attributions["randomisation_spearman"] = float(sanity["mean_spearman"])
-    if a.n_infidelity:
-        inf = attr_metrics.infidelity_and_sensitivity(
-            model, x[: a.n_infidelity], explain, target[: a.n_infidelity], baseline=a.baseline
-        )
-        attributions["infidelity"] = float(inf["infidelity"].mean())
-        attributions["sensitivity_max"] = float(inf["sensitivity_max"].mean())
-    return attributions
 
 
-def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    from robustdx.core.attacks import attack_ce
-
-    return attack_ce(model, x, y, cfg)
-
-
-def run_cell(exp: ExperimentConfig, base: RunConfig, recipe: Recipe, seed: int, log: Log) -> dict[str, Any]:
-    """Train (or resume) and score one cell; cached in ``cells/RECIPE-sSEED.json``."""
-    out = exp.output_dir / exp.name / "cells" / f"{recipe}-s{seed}.json"
+def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, int | None], log: Log) -> dict[str, Any]:
+    """Train (or resume) and score one cell; cached in ``cells/NAME.json``."""
+    recipe, seed, fold = cell
+    name = cell_name(recipe, seed, fold)
+    out = exp.output_dir / exp.name / "cells" / f"{name}.json"
     if out.is_file():
-        log(f"{recipe} seed {seed}: done before, skipped")
+        log(f"{name}: done before, skipped")
         return json.loads(out.read_text())
-    cfg = cell_config(base, exp, recipe, seed)
-    if not has_classifier(recipe):
-        raise ValueError(f"recipe {recipe!r} has no classifier head; experiments need one of the *_ft / ce recipes")
-    log(f"{recipe} seed {seed}: training")
+    cfg = cell_config(base, exp, recipe, seed, fold)
+    log(f"{name}: training ({', '.join(f'{k} {getattr(cfg, k).epochs} epochs' for _, k in RECIPES[recipe])})")
     t0 = time.perf_counter()
     result = run_recipe(cfg, log=lambda m: log(f"  {m}"))
-    log(
-        f"{recipe} seed {seed}: evaluating (PGD-{exp.pgd_steps} x{exp.pgd_restarts} over {len(exp.eps_grid)} ε, "
-        f"Square, attributions)"
-    )
-    device = resolve_device(cfg.device)
-    scores = evaluate_cell(result.model, cfg, exp, build_splits(cfg.data), device)
-    cell = {
-        "recipe": str(recipe),
-        "seed": seed,
-        "train_seconds": sum(s.seconds for s in result.stages),
-        "wall_seconds": time.perf_counter() - t0,
-        "bundle": str(result.bundle),
+    t1 = time.perf_counter()
+    log(f"{name}: evaluating ({len(exp.robustness.budgets(float(cfg.attack.eps)))} budgets, attributions)")
+    scores = evaluate_cell(result.model, cfg, exp, build_splits(cfg.data), resolve_device(cfg.device))
+    record = {
+        "name": name, "recipe": str(recipe), "seed": seed, "fold": fold,
+        "epochs": {k: getattr(cfg, k).epochs for _, k in RECIPES[recipe]},
+        "train_seconds": sum(s.seconds for s in result.stages), "wall_seconds": time.perf_counter() - t0,
+        "eval_seconds": time.perf_counter() - t1, "bundle": str(result.bundle),
         "history": [{"regime": s.regime, "monitor": s.monitor, "history": s.history} for s in result.stages],
         **scores,
-    }
+    }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, lambda p: p.write_text(json.dumps(cell, indent=2, default=float)))
-    return cell
+    atomic_write_bytes(out, lambda p: p.write_text(json.dumps(record, indent=1, default=float)))
+    return record
 
 
-# ---------------------------------------------------------------------------------------------
-# aggregation and report
-# ---------------------------------------------------------------------------------------------
-def cell_row(cell: dict[str, Any]) -> dict[str, Any]:
-    """One flat CSV row of a cell."""
-    t = cell["test"]
-    row: dict[str, Any] = {
-        "recipe": cell["recipe"],
-        "seed": cell["seed"],
-        "test_acc": t["acc"],
-        "test_acc_lo": t["acc_ci"][0],
-        "test_acc_hi": t["acc_ci"][1],
-        "test_auc": t["auc"],
-        "test_bal_acc": t["bal_acc"],
-        "test_ece": t["ece"],
-        "worst_group_acc": t.get("worst_group_acc", float("nan")),
-        "train_seconds": cell["train_seconds"],
-    }
-    for point in cell["robustness"]:
-        row[f"robust_acc@{point['eps'] * 255:g}/255"] = point["robust_acc"]
-    if cell.get("square"):
-        row["square_acc"] = cell["square"]["robust_acc"]
-    for kind in ("clean", "attacked"):
-        for k, v in cell["attribution"][kind].items():
-            row[f"ig_{kind}_{k}"] = v
-    for k in ("randomisation_spearman", "infidelity", "sensitivity_max"):
-        if k in cell["attribution"]:
-            row[k] = cell["attribution"][k]
-    row["flags"] = "; ".join(cell["flags"])
-    return row
-
-
-def summarise(rows: list[dict[str, Any]], recipes: list[str]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of every numeric column, per recipe (in the order given)."""
-    summary = []
-    for recipe in recipes:
-        mine = [r for r in rows if r["recipe"] == recipe]
-        if not mine:
-            continue
-        out: dict[str, Any] = {"recipe": recipe, "seeds": len(mine)}
-        for key in mine[0]:
-            vals = [r.get(key) for r in mine]
-            if key in ("recipe", "seed") or not all(isinstance(v, int | float) for v in vals):
-                continue
-            arr = np.asarray(vals, dtype=float)
-            out[key] = f"{np.nanmean(arr):.4f} ± {np.nanstd(arr, ddof=1) if len(arr) > 1 else 0.0:.4f}"
-        summary.append(out)
-    return summary
-
-
-def plot_curves(cells: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Training curves per recipe and accuracy-vs-ε (mean ± std over seeds) as PNG."""
-    recipes = list(dict.fromkeys(c["recipe"] for c in cells))
-    return [
-        _plot_accuracy_vs_eps(cells, recipes, folder / "accuracy_vs_eps.png"),
-        _plot_training_curves(cells, recipes, folder / "training_curves.png"),
-    ]
-
-
-def _plot_accuracy_vs_eps(cells: list[dict[str, Any]], recipes: list[str], path: Path) -> Path:
-    """PGD test accuracy against ε, one line per recipe (mean over seeds, ± std shaded)."""
-    fig = agg_figure(6, 4)
-    ax = fig.subplots()
-    for recipe in recipes:
-        mine = [c for c in cells if c["recipe"] == recipe]
-        eps = [p["eps"] * 255 for p in mine[0]["robustness"]]
-        acc = np.array([[p["robust_acc"] for p in c["robustness"]] for c in mine])
-        m, s = acc.mean(0), acc.std(0)
-        ax.plot(eps, m, marker="o", label=recipe)
-        ax.fill_between(eps, m - s, m + s, alpha=0.15)
-    ax.set(
-        xlabel="ε (×1/255, pixel units)", ylabel="PGD accuracy (test)", title="Accuracy vs ε (mean ± std over seeds)", ylim=(0, 1)
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def _plot_training_curves(cells: list[dict[str, Any]], recipes: list[str], path: Path) -> Path:
-    """The validation monitor per epoch, one panel per stage, for the first cell of every recipe."""
-    stages = max(len(c["history"]) for c in cells)
-    fig = agg_figure(5 * stages, 3.6)
-    axes = fig.subplots(1, stages, squeeze=False)
-    for recipe in recipes:
-        c = next(c for c in cells if c["recipe"] == recipe)
-        for i, stage in enumerate(c["history"]):
-            h = stage["history"]
-            axes[0, i].plot(
-                [e["epoch"] for e in h], [e[stage["monitor"]] for e in h], marker=".", label=f"{recipe} ({stage['regime']})"
-            )
-    for i, axis in enumerate(axes[0]):
-        axis.set(xlabel="epoch", ylabel="validation monitor", title=f"stage {i + 1} (seed {cells[0]['seed']})")
-        axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-_ATTRIBUTION_COLUMNS = [
-    "recipe",
-    "ig_clean_region_mass",
-    "ig_attacked_region_mass",
-    "ig_clean_pointing_game",
-    "ig_clean_deletion_auc",
-    "ig_clean_insertion_auc",
-    "randomisation_spearman",
-    "infidelity",
-]
-
-
-def write_experiment_report(
-    exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]], folder: Path, extra_images: list[Path]
-) -> Path:
-    """Write ``results.csv``, ``summary.csv``, the plots and ``report.md`` into ``folder``; return the report."""
-    rows = [cell_row(c) for c in cells]
-    write_csv(folder / "results.csv", rows)
-    recipes = [str(r) for r in exp.recipes]
-    summary = summarise(rows, recipes)
-    write_csv(folder / "summary.csv", summary)
-    plots = plot_curves(cells, folder)
-    eps_cols = [k for k in rows[0] if k.startswith("robust_acc@")]
-    lines = [
-        *_report_header(exp, base),
-        "## Mean ± std over seeds\n",
-        markdown_table(
-            summary,
-            ["recipe", "seeds", "test_acc", "test_auc", "test_bal_acc", "test_ece", *eps_cols, "square_acc", "train_seconds"],
-        ),
-        "\n## Attribution quality (mean ± std over seeds)\n",
-        markdown_table(summary, _ATTRIBUTION_COLUMNS),
-        "\n`region_mass`: share of positive attribution inside the label region (lesion mask or centre 32×32); "
-        "chance level is the region's area. Deletion / insertion AUC (a blurred copy as the reference image; each "
-        "curve divided by the probability on the unperturbed image, so a model that ignores its input scores 1): "
-        "lower / higher is better; `*_diff` is the map's AUC minus that of random pixel orders. "
-        "`randomisation_spearman`: rank correlation with a randomly re-initialised model (should be low).\n",
-        "## Per cell (test accuracy with bootstrap 95% CI)\n",
-        markdown_table(rows, ["recipe", "seed", "test_acc", "test_acc_lo", "test_acc_hi", "test_auc", *eps_cols, "flags"]),
-        "\n## Plots\n",
-        *[f"![{p.stem}]({p.name})" for p in [*plots, *extra_images]],
-    ]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-    return folder / "report.md"
-
-
-def _report_header(exp: ExperimentConfig, base: RunConfig) -> list[str]:
-    """The report's title and the paragraphs saying what was trained and how it was scored."""
-    return [
-        f"# Experiment `{exp.name}`\n",
-        f"Base config: `{exp.base}` — data `{base.data.dataset}` ({base.data.image_size} px), encoder `{base.model.arch}`, "
-        f"training attack PGD-{base.attack.steps} at ε = {base.attack.eps * 255:g}/255, "
-        f"{base.pretrain.epochs}+{base.finetune.epochs} epochs. Seeds: {exp.seeds}.\n",
-        f"Robust accuracy: PGD-{exp.pgd_steps} with {exp.pgd_restarts} restarts on a seeded random subsample of "
-        f"{exp.n_robust} test images (an image counts when correct clean and attacked); "
-        f"Square attack ({exp.square_queries} queries) at the largest ε on {exp.n_square}. Attributions: Integrated Gradients "
-        f"(baseline {exp.attribution.baseline}, {SCORING_STEPS}-point Gauss–Legendre rule; the largest completeness error "
-        f"is `ig_rel_error_max`) on {exp.attribution.n_images} test images, clean and PGD-attacked.\n",
-    ]
-
-
-def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None) -> Path:
+def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None) -> Any:
     """Run (or resume) every cell, then write the report folder; returns the report path."""
+    from robustdx.core.evaluation.experiment_report import write_experiment_report
+
     folder = exp.output_dir / exp.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
-    cells = [run_cell(exp, base, recipe, seed, log) for recipe in exp.recipes for seed in exp.seeds]
-    grid = _ig_grid(exp, base, folder)
-    return write_experiment_report(exp, base, cells, folder, [grid])
+    cells = [run_cell(exp, base, cell, log) for cell in cells_of(exp)]
+    return write_experiment_report(exp, base, cells, folder)
 
 
-def _ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
-    """The paper's Fig. 1 for the first seed of every recipe."""
+def attack_grid_models(exp: ExperimentConfig, base: RunConfig) -> dict[str, nn.Module]:
+    """The first cell's model of every recipe (for the clean-vs-attacked IG grid, the paper's Fig. 1)."""
     from robustdx.core.release.bundle import load_bundle
 
-    models = {}
-    for recipe in exp.recipes:
-        cfg = cell_config(base, exp, recipe, exp.seeds[0])
-        models[str(recipe)] = load_bundle(cfg.run_dir / "bundle").model
-    splits = build_splits(base.data)
-    n = exp.attribution.n_grid
-    items = [splits.test[i] for i in _pick_both_classes(splits.test.labels, n)]
-    images = torch.stack([it[0] for it in items])
-    labels = torch.tensor([it[1] for it in items])
-    grid = GridConfig(attack=base.attack, baseline=exp.attribution.baseline, tol=exp.attribution.tol)
-    return save_attack_grid(models, images, labels, folder / "ig_grid.png", grid)
+    fold = 0 if exp.folds else None
+    return {str(r): load_bundle(cell_config(base, exp, r, exp.seeds[0], fold).run_dir / "bundle").model for r in exp.recipes}
 
-
-def _pick_both_classes(labels: np.ndarray, n: int) -> list[int]:
-    """The first ``n`` indices alternating over classes (so the grid shows tumour and normal)."""
-    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    picked: list[int] = []
-    while len(picked) < n and any(by_class):
-        for idx in by_class:
-            if idx and len(picked) < n:
-                picked.append(int(idx.pop(0)))
-    return picked

@@ -21,57 +21,16 @@ split at two budgets costs minutes, not hours.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from robustdx.core.attacks import ApgdSettings, Outcome, apgd_outcome, clean_outcome, merge, pgd_outcome, square_outcome
-from robustdx.core.config import AttackConfig, PixelBudget
+from robustdx.core.config import AttackConfig, SuiteConfig
 from robustdx.core.evaluation.robustness import eps_label
 from robustdx.core.evaluation.statistics import proportion
-
-
-class SuiteConfig(BaseModel):
-    """Which items are attacked at which budgets, and how hard."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    headline_eps: tuple[PixelBudget, ...] | None = Field(
-        None, description="Budgets attacked on every evaluation item; None: the training ε and twice it."
-    )
-    grid_eps: tuple[PixelBudget, ...] = Field((1 / 255, 2 / 255, 4 / 255, 8 / 255), description="The rest of the ε grid.")
-    sanity_eps: tuple[PixelBudget, ...] = Field(
-        (16 / 255, 64 / 255), description="Budgets no classifier of [0, 1] images survives: accuracy there must be ≈ 0."
-    )
-    sanity_max_acc: float = Field(0.05, ge=0, le=1, description="Robust accuracy above this at a sanity budget flags the cell.")
-    n_items: int | None = Field(None, ge=1, description="Evaluation items (a seeded permutation of the test split); None: all.")
-    n_grid: int = Field(300, ge=1, description="Items of the ε grid and the sanity points: the first of the evaluation items.")
-    n_square: int = Field(200, ge=0, description="Items Square attacks at the training ε: the first of the evaluation items.")
-    square_queries: int = Field(1000, ge=1, description="Queries per item of the Square attack.")
-    square_p_init: float = Field(0.8, gt=0, le=1, description="Initial fraction of pixels a Square window covers.")
-    square_tol: float = Field(
-        0.01, ge=0, le=1, description="Share of the Square items Square may break beyond the gradient attacks before flagging."
-    )
-    pgd_steps: int = Field(50, ge=1, le=10_000, description="PGD steps per restart (step 2.5·ε/steps, random start).")
-    pgd_restarts: int = Field(2, ge=1, le=100, description="PGD random restarts.")
-    apgd_steps: int = Field(100, ge=0, le=10_000, description="APGD steps (0: no APGD).")
-    apgd_loss: Literal["ce", "margin"] = Field("ce", description="APGD's loss: cross-entropy (APGD-CE) or the logit margin.")
-    monotone_tol: float = Field(0.01, ge=0, le=1, description="Rise of robust accuracy with ε tolerated before flagging.")
-    batch_size: int = Field(128, ge=1, description="Items per attacked batch.")
-    seed: int = Field(0, ge=0, description="Seed of the attacks' random starts.")
-
-    def budgets(self, train_eps: float) -> list[tuple[float, str]]:
-        """Every budget with its role (headline / grid / sanity), headline first, each ε once."""
-        headline = self.headline_eps if self.headline_eps is not None else (train_eps, min(1.0, 2 * train_eps))
-        out: list[tuple[float, str]] = []
-        for role, values in (("headline", headline), ("grid", self.grid_eps), ("sanity", self.sanity_eps)):
-            for eps in values:
-                if eps > 0 and all(not np.isclose(eps, e) for e, _ in out):
-                    out.append((float(eps), role))
-        return out
 
 
 def evaluation_items(n_total: int, n: int | None, split_seed: int) -> np.ndarray:
