@@ -178,6 +178,9 @@ def experiment(
     config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML, e.g. configs/paper-pcam.yaml.")],
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; train nothing.")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Write the report from the cells finished so far (says which are missing); train nothing.")
+    ] = False,
 ) -> None:
     """Regenerate a paper table: every recipe x seed (x fold) on equal budgets, clean/robust accuracy with intervals,
     paired comparisons and attribution scores beside their controls, as a report folder.
@@ -203,8 +206,8 @@ def experiment(
             )
             return
 
-        report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"))
-    except (ConfigError, DataError, BundleError) as err:
+        report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"), report_only=report_only)
+    except (ConfigError, DataError, BundleError, ValueError) as err:
         _fail(err)
         return
     console.print(f"report: [bold]{report}[/]")

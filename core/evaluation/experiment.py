@@ -58,9 +58,10 @@ def cell_name(recipe: Recipe | str, seed: int, fold: int | None) -> str:
 
 
 def cells_of(exp: ExperimentConfig) -> list[tuple[Recipe, int, int | None]]:
-    """Every (recipe, seed, fold) of the table, recipe-major."""
+    """Every (recipe, seed, fold) of the table, seed- and fold-major: an interrupted run has every recipe of
+    the first seeds (a table, if a small one) rather than every seed of the first recipes (no comparison)."""
     folds: list[int | None] = list(range(exp.folds)) if exp.folds else [None]
-    return [(r, s, f) for r in exp.recipes for s in exp.seeds for f in folds]
+    return [(r, s, f) for s in exp.seeds for f in folds for r in exp.recipes]
 
 
 def budget_epochs(cfg: RunConfig, budget: Budget) -> dict[str, int]:
@@ -241,11 +242,16 @@ def evaluate_cell(
     }
 
 
+def cell_file(exp: ExperimentConfig, cell: tuple[Recipe, int, int | None]) -> Path:
+    """Where a finished cell's record is kept."""
+    return exp.output_dir / exp.name / "cells" / f"{cell_name(*cell)}.json"
+
+
 def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, int | None], log: Log) -> dict[str, Any]:
     """Train (or resume) and score one cell; cached in ``cells/NAME.json``."""
     recipe, seed, fold = cell
     name = cell_name(recipe, seed, fold)
-    out = exp.output_dir / exp.name / "cells" / f"{name}.json"
+    out = cell_file(exp, cell)
     if out.is_file():
         log(f"{name}: done before, skipped")
         return json.loads(out.read_text())
@@ -269,21 +275,34 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
     return record
 
 
-def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None) -> Any:
-    """Run (or resume) every cell, then write the report folder; returns the report path."""
+def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None, report_only: bool = False) -> Any:
+    """Run (or resume) every cell, then write the report folder; returns the report path.
+
+    With ``report_only`` nothing is trained: the report covers the cells finished so far and says which
+    are missing (a long run can be looked at while it goes on).
+
+    Raises:
+        ValueError: ``report_only`` and no cell is finished yet.
+    """
     from robustdx.core.evaluation.experiment_report import write_experiment_report
 
     folder = exp.output_dir / exp.name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
-    cells = [run_cell(exp, base, cell, log) for cell in cells_of(exp)]
+    if report_only:
+        cells = [json.loads(cell_file(exp, c).read_text()) for c in cells_of(exp) if cell_file(exp, c).is_file()]
+        if not cells:
+            raise ValueError(f"no finished cell in {folder / 'cells'} yet: run the experiment first")
+    else:
+        (folder / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
+        cells = [run_cell(exp, base, cell, log) for cell in cells_of(exp)]
     return write_experiment_report(exp, base, cells, folder)
 
 
-def attack_grid_models(exp: ExperimentConfig, base: RunConfig) -> dict[str, nn.Module]:
-    """The first cell's model of every recipe (for the clean-vs-attacked IG grid, the paper's Fig. 1)."""
+def attack_grid_models(exp: ExperimentConfig, base: RunConfig, recipes: list[Recipe] | None = None) -> dict[str, nn.Module]:
+    """The first cell's model of every recipe, or of ``recipes`` (for the clean-vs-attacked IG grid, the paper's Fig. 1)."""
     from robustdx.core.release.bundle import load_bundle
 
     fold = 0 if exp.folds else None
-    return {str(r): load_bundle(cell_config(base, exp, r, exp.seeds[0], fold).run_dir / "bundle").model for r in exp.recipes}
+    chosen = exp.recipes if recipes is None else recipes
+    return {str(r): load_bundle(cell_config(base, exp, r, exp.seeds[0], fold).run_dir / "bundle").model for r in chosen}
 

@@ -178,11 +178,16 @@ def plot_training_curves(cells: list[dict[str, Any]], recipes: list[str], path: 
     return path
 
 
-def ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
-    """The paper's Fig. 1 for the first cell of every recipe."""
+def ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path, cells: list[dict[str, Any]]) -> Path | None:
+    """The paper's Fig. 1 for the first cell of every recipe (of those whose first cell is finished; None if none is)."""
     from robustdx.core.evaluation.experiment import attack_grid_models, cell_config
 
-    models = attack_grid_models(exp, base)
+    finished = {c["name"] for c in cells}
+    fold = 0 if exp.folds else None
+    done = [r for r in exp.recipes if cell_config(base, exp, r, exp.seeds[0], fold).name in finished]
+    if not done:
+        return None
+    models = attack_grid_models(exp, base, done)
     cfg = cell_config(base, exp, exp.recipes[0], exp.seeds[0], 0 if exp.folds else None)
     test = build_splits(cfg.data).test
     labels = np.asarray(test.labels)
@@ -194,11 +199,20 @@ def ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path) -> Path:
 
 
 def _header(exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]]) -> list[str]:
+    from robustdx.core.evaluation.experiment import cell_name, cells_of
+
     r = exp.robustness
     epochs = {c["recipe"]: c["epochs"] for c in cells}
     split = f"stratified {exp.folds}-fold cross-validation (every image tested once)" if exp.folds else "the fixed test split"
+    planned = [cell_name(*c) for c in cells_of(exp)]
+    missing = [n for n in planned if n not in {c["name"] for c in cells}]
+    partial = (
+        [f"**Partial report: {len(planned) - len(missing)} of {len(planned)} cells finished** (missing: {', '.join(missing)}); "
+         "everything below covers the finished cells only.\n"] if missing else []
+    )  # fmt: skip
     return [
         f"# Experiment `{exp.name}`\n",
+        *partial,
         f"Data `{base.data.dataset}` at {base.data.image_size} px, encoder `{base.model.arch}`, {split}; seeds {exp.seeds}. "
         f"Training attack PGD-{base.attack.steps} at ε = {base.attack.eps * 255:g}/255. "
         + (f"Equal budgets: {exp.budget.passes} optimiser passes over the training split for every regime (epochs per stage: "
@@ -214,7 +228,7 @@ def _header(exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]])
 
 def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]], folder: Path) -> Path:
     """``report.md`` and its tables and plots for the finished ``cells``."""
-    recipes = [str(r) for r in exp.recipes]
+    recipes = [str(r) for r in exp.recipes if any(c["recipe"] == str(r) for c in cells)]
     found = comparisons(cells, recipes, ["clean", *headline_labels(cells)])
     notes = []
     chance = [c["name"] for c in cells if not c["test"]["better_than_chance"]]
@@ -225,7 +239,7 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
     write_csv(folder / "summary.csv", summary)
     write_csv(folder / "comparisons.csv", [c.__dict__ for c in found])
     plots = [plot_accuracy_vs_eps(cells, recipes, folder / "accuracy_vs_eps.png"),
-             plot_training_curves(cells, recipes, folder / "training_curves.png"), ig_grid(exp, base, folder)]  # fmt: skip
+             plot_training_curves(cells, recipes, folder / "training_curves.png"), ig_grid(exp, base, folder, cells)]  # fmt: skip
     lines = [
         *_header(exp, base, cells),
         findings_markdown(found, {c["name"]: c["flags"] for c in cells}, notes),
@@ -238,7 +252,7 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
         "## Per cell\n",
         markdown_table(rows, list(rows[0])),
         "\n## Plots\n",
-        *[f"![{p.stem}]({p.name})" for p in plots],
+        *[f"![{p.stem}]({p.name})" for p in plots if p is not None],
     ]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"

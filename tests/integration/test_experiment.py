@@ -71,6 +71,15 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     assert sum("skipped" in m for m in log) == 4
     assert (folder / "results.csv").read_text() == before
 
+    (folder / "cells" / "ce-s1.json").unlink()  # as if the run were still going: report what is finished
+    run_experiment(exp, base, report_only=True)
+    assert "Partial report: 3 of 4 cells finished** (missing: ce-s1)" in (folder / "report.md").read_text()
+    assert len(list(csv.DictReader(open(folder / "results.csv")))) == 3
+    for cell in (folder / "cells").glob("*.json"):
+        cell.unlink()
+    with pytest.raises(ValueError, match="no finished cell"):
+        run_experiment(exp, base, report_only=True)
+
 
 def test_cross_validation_tests_every_image_once(busi_root: Path, tmp_path: Path) -> None:
     raw = tiny_raw(busi_root, tmp_path / "unused", recipe="ce", monitor="bal_acc")
