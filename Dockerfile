@@ -19,7 +19,9 @@
 #
 # No secrets are baked in: tokens (ROBUSTDX_ADMIN_TOKEN) and URLs come from the environment at run time.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# Pinned by digest as well as tag (the multi-architecture index of python:3.11.14-slim-bookworm), so a
+# re-pushed tag cannot change what is built. Renovate/dependabot can bump both together.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -90,8 +92,9 @@ CMD ["/app/deploy/bin/serve.sh"]
 FROM base AS train
 COPY --from=build-train /opt/venv /opt/venv
 WORKDIR /app
-# configs/, deploy/bin/ and a prefect.yaml when there is one (.dockerignore allow-lists what enters)
-COPY --chown=robustdx:robustdx . /app
+# configs/, deploy/bin/ and a prefect.yaml when there is one (.dockerignore allow-lists what enters);
+# owned by root, so the runtime user can read the code and configurations but not change them
+COPY . /app
 RUN mkdir -p /app/runs /app/data \
         /var/lib/robustdx/bentoml /var/lib/robustdx/prefect /var/lib/robustdx/prefect-worker /var/lib/robustdx/prefect-receiver \
     && chown -R robustdx:robustdx /app/runs /app/data /var/lib/robustdx

@@ -58,7 +58,8 @@ test-deploy: venv  ## Prometheus rules, Alertmanager, dashboards, compose, Docke
 images:  ## build both images (needs Docker)
 	docker build --target serve -t robustdx-serve:local . && docker build --target train -t robustdx-train:local .
 
-stack:  ## start the compose stack (needs Docker)
+stack:  ## start the compose stack (needs Docker); creates its secrets on the first run
+	deploy/make-secrets.sh
 	docker compose -f deploy/compose.yaml up -d --build
 
 up: venv  ## the whole stack as local processes on 127.0.0.1, no Docker: Prefect UI :4200, service :3000, Prometheus :9090, Alertmanager :9093, Pushgateway :9091 (first run retrains a model, ~3 min)

@@ -18,8 +18,15 @@ Delivery semantics, chosen for a webhook that Alertmanager retries:
   triggers on once. A new episode (the alert resolved and fired again) is a new event.
 
 Endpoints: ``POST /alerts`` (Alertmanager webhook JSON, version 4) → ``{"emitted": n, "ignored": m,
-"events": [ids]}``, 400 with ``{"error": ...}`` for a malformed payload; ``GET /healthz``;
-``GET /metrics`` (``robustdx_alert_receiver_alerts_total{outcome}``).
+"events": [ids]}``, 400 with ``{"error": ...}`` for a malformed payload or more than
+:data:`MAX_ALERTS` alerts, 401 without the bearer secret, 413 above :data:`MAX_BODY_BYTES`;
+``GET /healthz``; ``GET /metrics`` (``robustdx_alert_receiver_alerts_total{outcome}``).
+
+Closed by default, because a retrain is costly and changes what is served: ``POST /alerts`` needs
+``Authorization: Bearer <secret>`` (Alertmanager's ``http_config.authorization``, the secret read from
+``ROBUSTDX_ALERT_TOKEN_FILE`` or ``ROBUSTDX_ALERT_TOKEN``), compared in constant time; the CLI refuses
+to start without a secret unless told ``--no-auth`` on a loopback address. It binds 127.0.0.1 unless
+told otherwise. Label values end up in log lines escaped (a newline in ``instance`` cannot forge a line).
 
 Run it with ``python -m robustdx.flows.alerts --host 127.0.0.1 --port 9095`` and ``PREFECT_API_URL``
 pointing at the Prefect server; tests build the app with :func:`build_app`.
@@ -28,10 +35,14 @@ pointing at the Prefect server; tests build the app with :func:`build_app`.
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import json
 import logging
+import os
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect.events import Event
@@ -45,7 +56,11 @@ DRIFT_EVENT = "robustdx.drift.detected"
 RESOURCE_PREFIX = "robustdx.service"
 RETRAIN_LABEL = "retrain"
 DEFAULT_PORT = 9095
-MAX_BODY_BYTES = 1 << 20  # Alertmanager caps a notification at max_alerts; 1 MiB is far above that
+MAX_ALERTS = 32  # per notification; the shipped route sends at most 20 (webhook_configs.max_alerts)
+MAX_BODY_BYTES = 256 << 10  # 32 alerts of a few hundred bytes each fit many times over
+MAX_LOGGED_CHARS = 200  # a label value in a log line is escaped and cut to this length
+TOKEN_ENV = "ROBUSTDX_ALERT_TOKEN"
+TOKEN_FILE_ENV = "ROBUSTDX_ALERT_TOKEN_FILE"
 # uuid5 namespace of the event ids (fixed: the same alert episode must map to the same id forever)
 EVENT_NAMESPACE = uuid.UUID("6f0d7c7e-2a4b-4f7e-9a51-3c1f5e0b8d21")
 
@@ -78,7 +93,7 @@ class AlertmanagerMessage(BaseModel):
     receiver: str = ""
     groupKey: str = ""
     externalURL: str = ""
-    alerts: list[AlertmanagerAlert]
+    alerts: list[AlertmanagerAlert] = Field(max_length=MAX_ALERTS)
 
 
 class PayloadError(ValueError):
@@ -105,6 +120,19 @@ def parse_message(body: bytes) -> AlertmanagerMessage:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
         raise PayloadError(f"invalid Alertmanager payload: {problems}") from None
+
+
+def printable(value: str) -> str:
+    """``value`` safe for one log line: control characters escaped (``\\n``, ``\\x1b``), cut to
+    :data:`MAX_LOGGED_CHARS` — label values come from whoever can reach Alertmanager."""
+    escaped = value.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= MAX_LOGGED_CHARS else escaped[:MAX_LOGGED_CHARS] + "..."
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (constant-time comparison)."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def resource_id(labels: dict[str, str]) -> str:
@@ -175,9 +203,10 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def build_app(emit: Emitter | None = None) -> Starlette:
+def build_app(emit: Emitter | None = None, *, token: str | None) -> Starlette:
     """The receiver app. ``emit`` sends the events (default: :func:`emit_to_prefect`); tests pass a fake
-    to check parsing and error handling without a server."""
+    to check parsing and error handling without a server. ``token`` is the bearer secret every
+    ``POST /alerts`` must carry; ``None`` (explicitly) accepts anyone, for loopback-only use."""
     from prometheus_client import CollectorRegistry, Counter, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -189,10 +218,17 @@ def build_app(emit: Emitter | None = None) -> Starlette:
         ["outcome"],
         registry=registry,
     )
-    for outcome in ("emitted", "ignored", "failed", "rejected"):
+    for outcome in ("emitted", "ignored", "failed", "rejected", "unauthorized"):
         counted.labels(outcome=outcome)
 
     async def alerts(request: Request) -> Response:
+        if token is not None and not bearer_ok(request.headers.get("authorization"), token):
+            counted.labels(outcome="unauthorized").inc()
+            return JSONResponse(
+                {"error": "missing or wrong bearer secret (Alertmanager http_config.authorization)"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         body = await _read_body(request)
         if body is None:
             counted.labels(outcome="rejected").inc()
@@ -201,7 +237,7 @@ def build_app(emit: Emitter | None = None) -> Starlette:
             message = parse_message(body)
         except PayloadError as err:
             counted.labels(outcome="rejected").inc()
-            log.warning("rejected webhook payload: %s", err)
+            log.warning("rejected webhook payload: %s", printable(str(err)))
             return _error(400, str(err))
         events = drift_events(message)
         ignored = len(message.alerts) - len(events)
@@ -211,11 +247,11 @@ def build_app(emit: Emitter | None = None) -> Starlette:
                 await send(events)
             except Exception as err:  # any failure to deliver means "retry later"
                 counted.labels(outcome="failed").inc(len(events))
-                log.error("could not emit %d %s event(s): %s", len(events), DRIFT_EVENT, err)
+                log.error("could not emit %d %s event(s): %s", len(events), DRIFT_EVENT, printable(str(err)))
                 return _error(503, f"could not emit {DRIFT_EVENT} to the Prefect API ({type(err).__name__}: {err}); retry")
             counted.labels(outcome="emitted").inc(len(events))
             for event in events:
-                log.info("emitted %s id=%s resource=%s", DRIFT_EVENT, event.id, event.resource.id)
+                log.info("emitted %s id=%s resource=%s", DRIFT_EVENT, event.id, printable(event.resource.id))
         return JSONResponse({"emitted": len(events), "ignored": ignored, "events": [str(e.id) for e in events]})
 
     async def healthz(_request: Request) -> Response:
@@ -243,11 +279,18 @@ def _parser() -> argparse.ArgumentParser:
             "Point Alertmanager's webhook_configs url at http://HOST:PORT/alerts."
         ),
         epilog=(
-            "Environment: PREFECT_API_URL (required) — the Prefect server's API, e.g. http://127.0.0.1:4200/api. "
+            "Environment: PREFECT_API_URL (required) — the Prefect server's API, e.g. http://127.0.0.1:4200/api; "
+            f"{TOKEN_FILE_ENV} (a file holding the bearer secret) or {TOKEN_ENV} (the secret itself), which "
+            "Alertmanager sends via http_config.authorization. "
             "Endpoints: POST /alerts, GET /healthz, GET /metrics."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s; 0.0.0.0 in a container)")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help=f"accept alerts without a bearer secret; only allowed with a loopback --host (default: {TOKEN_FILE_ENV} or {TOKEN_ENV} required)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     parser.add_argument(
         "--log-level",
@@ -258,9 +301,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def configured_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer secret from ``ROBUSTDX_ALERT_TOKEN_FILE`` (preferred: not in the process table or
+    ``docker inspect``) or ``ROBUSTDX_ALERT_TOKEN``; None when neither is set.
+
+    Raises:
+        ValueError: the file cannot be read or the secret is empty.
+    """
+    env = os.environ if environ is None else environ
+    if path := env.get(TOKEN_FILE_ENV):
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path}: cannot read the secret ({err.strerror})") from None
+        if not secret:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path} is empty")
+        return secret
+    if TOKEN_ENV in env:
+        if not env[TOKEN_ENV].strip():
+            raise ValueError(f"{TOKEN_ENV} is set but empty")
+        return env[TOKEN_ENV].strip()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the receiver with uvicorn until stopped (SIGINT / SIGTERM)."""
     args = _parser().parse_args(argv)
+    try:
+        token = configured_token()
+    except ValueError as err:
+        _parser().error(str(err))
+    if token is None and not args.no_auth:
+        _parser().error(f"no bearer secret: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), or pass --no-auth on a loopback --host")
+    if token is None and not _is_loopback(args.host):
+        _parser().error(f"--no-auth is only allowed on a loopback --host, not {args.host!r}: anyone who can reach it could start a retrain")
     from prefect.settings import PREFECT_API_URL
 
     api: Any = PREFECT_API_URL.value()
@@ -272,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("forwarding %s alerts to the Prefect API at %s", RETRAIN_LABEL, api)
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(build_app(token=token), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

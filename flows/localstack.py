@@ -61,6 +61,7 @@ import yaml
 DEFAULT_ROOT = Path("runs/stack")
 STATE_FILE = "stack.json"
 TOKEN_FILE = "admin-token"
+ALERT_TOKEN_FILE = "alert-token"  # Alertmanager -> receiver bearer secret (credentials_file)
 # component -> default port (the compose stack's host ports, so URLs in the docs hold for both)
 DEFAULT_PORTS: dict[str, int] = {
     "prefect": 4200,
@@ -424,7 +425,8 @@ def local_prometheus_config(
     components do not run locally). Job names, metrics paths, labels and ``honor_labels`` stay as
     shipped, so what the alert rules select on is what production has. ``interval`` (e.g. ``1s`` in
     tests, so rules and ``rate()`` windows fill in seconds) replaces every scrape and evaluation
-    interval; None keeps the shipped ones.
+    interval; None keeps the shipped ones. Scrape credentials of the compose network (``basic_auth``
+    for the Prefect API) are dropped: the local processes listen on 127.0.0.1 without them.
     """
     shipped = load_yaml((repo or repo_root()) / "deploy" / "prometheus" / "prometheus.yml")
     jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
@@ -438,6 +440,7 @@ def local_prometheus_config(
     scrape = []
     for name, target in targets.items():
         job = copy.deepcopy(jobs[name])
+        job.pop("basic_auth", None)
         if interval:
             job["scrape_interval"] = interval
             job.pop("scrape_timeout", None)
@@ -452,8 +455,11 @@ def local_prometheus_config(
     return config
 
 
-def local_alertmanager_config(webhook_url: str, wait: str | None = None, repo: Path | None = None) -> dict[str, Any]:
-    """The shipped ``deploy/alertmanager/alertmanager.yml`` with its webhook pointed at ``webhook_url``.
+def local_alertmanager_config(
+    webhook_url: str, token_file: Path, wait: str | None = None, repo: Path | None = None
+) -> dict[str, Any]:
+    """The shipped ``deploy/alertmanager/alertmanager.yml`` with its webhook pointed at ``webhook_url``
+    and its bearer secret read from ``token_file`` (the receiver's ``ROBUSTDX_ALERT_TOKEN_FILE``).
 
     ``wait`` (e.g. ``1s`` in tests) replaces every ``group_wait`` / ``group_interval``; None keeps the
     shipped ones. Routes, matchers and receivers stay as shipped, so ``retrain="true"`` alerts are routed
@@ -465,6 +471,7 @@ def local_alertmanager_config(webhook_url: str, wait: str | None = None, repo: P
     if len(hooks) != 1:
         raise ValueError(f"expected one webhook receiver in {path}, found {len(hooks)}")
     hooks[0]["url"] = webhook_url
+    hooks[0]["http_config"]["authorization"]["credentials_file"] = str(token_file)
 
     def shorten(route: dict[str, Any]) -> None:
         for key in ("group_wait", "group_interval"):
@@ -645,9 +652,10 @@ def port_busy(port: int) -> bool:
     return False
 
 
-def admin_token(root: Path) -> str:
-    """The service's admin token, created once (mode 0600) and reused by later ``up`` runs; never printed."""
-    path = root / TOKEN_FILE
+def admin_token(root: Path, name: str = TOKEN_FILE) -> str:
+    """A secret of the stack (the service's admin token, the alert receiver's bearer secret), created
+    once in ``root/name`` (mode 0600) and reused by later ``up`` runs; never printed."""
+    path = root / name
     root.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -872,6 +880,11 @@ class StackPlan(StackAddresses):
         return {"BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "True", "ROBUSTDX_ADMIN_TOKEN": self.token}
 
     @property
+    def alert_token_file(self) -> Path:
+        """The receiver's bearer secret (created with the admin token by :func:`admin_token`)."""
+        return self.root / ALERT_TOKEN_FILE
+
+    @property
     def _wait(self) -> str | None:
         return FAST_INTERVAL if self.fast_alerts else None
 
@@ -886,14 +899,19 @@ class StackPlan(StackAddresses):
         return self._proc("pushgateway", argv, ready="/-/ready")
 
     def alertmanager(self) -> Proc:
-        config = local_alertmanager_config(f"{self.url('receiver')}/alerts", self._wait, self.repo)
+        config = local_alertmanager_config(f"{self.url('receiver')}/alerts", self.alert_token_file, self._wait, self.repo)
         path = write_yaml(self.root / "alertmanager" / "alertmanager.yml", config)
         argv = alertmanager_argv(self.tools, path, self.root / "alertmanager" / "data", self.ports["alertmanager"])
         return self._proc("alertmanager", argv, ready="/-/ready")
 
     def receiver(self) -> Proc:
         """deploy/bin/alert-receiver.sh: a retrain alert from Alertmanager becomes a Prefect event."""
-        env = {**self._prefect_env, "ROBUSTDX_ALERTS_HOST": "127.0.0.1", "ROBUSTDX_ALERTS_PORT": str(self.ports["receiver"])}
+        env = {
+            **self._prefect_env,
+            "ROBUSTDX_ALERTS_HOST": "127.0.0.1",
+            "ROBUSTDX_ALERTS_PORT": str(self.ports["receiver"]),
+            "ROBUSTDX_ALERT_TOKEN_FILE": str(self.alert_token_file),
+        }
         return self._proc("receiver", [str(self.repo / "deploy" / "bin" / "alert-receiver.sh")], ready="/healthz", env=env)
 
     def prometheus(self) -> Proc:
@@ -954,6 +972,7 @@ def up(opts: UpOptions) -> int:
     state_path(root).unlink(missing_ok=True)  # the record of a stack that is gone
     tools = ensure_tools()
     overrides = prepare_data(sweep, opts.run_set, opts.data.resolve() if opts.data else None, repo)
+    admin_token(root, ALERT_TOKEN_FILE)
     plan = StackPlan(root, dict(opts.ports), repo, tools, admin_token(root), opts.fast_alerts)
     launcher = _Launcher(root)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

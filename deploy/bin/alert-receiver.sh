@@ -1,9 +1,10 @@
 #!/bin/sh
 # Start the Alertmanager webhook receiver (flows/alerts.py) — the compose service alert-receiver, and
 # what the tests run on 127.0.0.1 (tests/deploy/stack.py).
-#   ROBUSTDX_ALERTS_HOST (0.0.0.0), ROBUSTDX_ALERTS_PORT (9095); PREFECT_API_URL: the Prefect server's API.
+#   ROBUSTDX_ALERTS_HOST (127.0.0.1; 0.0.0.0 in a container), ROBUSTDX_ALERTS_PORT (9095);
+#   PREFECT_API_URL: the Prefect server's API; ROBUSTDX_ALERT_TOKEN_FILE: the bearer secret (required).
 set -eu
 exec python -m robustdx.flows.alerts \
-    --host "${ROBUSTDX_ALERTS_HOST:-0.0.0.0}" \
+    --host "${ROBUSTDX_ALERTS_HOST:-127.0.0.1}" \
     --port "${ROBUSTDX_ALERTS_PORT:-9095}" \
     "$@"

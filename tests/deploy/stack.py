@@ -109,9 +109,9 @@ def local_prometheus_config(
     return localstack.local_prometheus_config(targets, rule_files, alertmanager, TEST_INTERVAL, REPO)
 
 
-def local_alertmanager_config(webhook_url: str) -> dict[str, Any]:
+def local_alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
     """:func:`robustdx.flows.localstack.local_alertmanager_config` with :data:`TEST_INTERVAL` group waits."""
-    return localstack.local_alertmanager_config(webhook_url, TEST_INTERVAL, REPO)
+    return localstack.local_alertmanager_config(webhook_url, token_file, TEST_INTERVAL, REPO)
 
 
 def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
@@ -361,8 +361,9 @@ def pushgateway(monitoring_tools: Tools, tmp_path_factory: pytest.TempPathFactor
     proc.stop()
 
 
-def start_receiver(api_url: str, workdir: Path) -> Proc:
-    """``deploy/bin/alert-receiver.sh`` (the compose service's command) forwarding to ``api_url``."""
+def start_receiver(api_url: str, workdir: Path, token_file: Path) -> Proc:
+    """``deploy/bin/alert-receiver.sh`` (the compose service's command) forwarding to ``api_url``,
+    accepting alerts that carry the bearer secret in ``token_file``."""
     return start_on_free_port(
         "alert receiver",
         lambda port: [str(BIN / "alert-receiver.sh")],
@@ -373,14 +374,23 @@ def start_receiver(api_url: str, workdir: Path) -> Proc:
             "PREFECT_HOME": str(workdir / "prefect_home"),
             "ROBUSTDX_ALERTS_HOST": "127.0.0.1",
             "ROBUSTDX_ALERTS_PORT": str(port),
+            "ROBUSTDX_ALERT_TOKEN_FILE": str(token_file),
         },
     )
 
 
 @pytest.fixture(scope="session")
-def alert_receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+def alert_token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bearer secret Alertmanager sends and the receiver requires (as the compose secret does)."""
+    root = tmp_path_factory.mktemp("alert_secret")
+    localstack.admin_token(root, localstack.ALERT_TOKEN_FILE)
+    return root / localstack.ALERT_TOKEN_FILE
+
+
+@pytest.fixture(scope="session")
+def alert_receiver(prefect_server: str, alert_token_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """The Alertmanager webhook receiver as a real process, emitting to the session's Prefect server."""
-    proc = start_receiver(prefect_server, tmp_path_factory.mktemp("receiver"))
+    proc = start_receiver(prefect_server, tmp_path_factory.mktemp("receiver"), alert_token_file)
     yield proc
     proc.stop()
 
@@ -483,6 +493,7 @@ def alert_pipeline(
     monitoring_tools: Tools,
     service: Proc,
     alert_receiver: Proc,
+    alert_token_file: Path,
     prefect_server: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AlertPipeline]:
@@ -490,7 +501,7 @@ def alert_pipeline(
     second, a real Alertmanager with the shipped routing (group_wait 1 s) posting to the receiver
     process, which emits into the session's Prefect server."""
     work = tmp_path_factory.mktemp("alert_pipeline")
-    am = start_alertmanager(monitoring_tools, local_alertmanager_config(f"{alert_receiver.url}/alerts"), work / "alertmanager")
+    am = start_alertmanager(monitoring_tools, local_alertmanager_config(f"{alert_receiver.url}/alerts", alert_token_file), work / "alertmanager")
     try:
         rules = [RULES_DIR / "recording.yml", fast_alert_rules(work)]
         with live_prometheus(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def test_every_declared_volume_is_used() -> None:
 @pytest.mark.parametrize(("where", "host", "port"), ENDPOINTS, ids=[f"{w}->{h}:{p}" for w, h, p in ENDPOINTS])
 def test_every_endpoint_names_a_service_and_a_port_it_listens_on(where: str, host: str, port: int) -> None:
     if host == "localhost":  # a URL for your browser (Prefect UI's API, Grafana in Ray's dashboard): a published port
-        published = {int(str(m).split(":")[0]) for spec in SERVICES.values() for m in spec.get("ports", [])}
+        published = {int(str(m).split(":")[-2]) for spec in SERVICES.values() for m in spec.get("ports", [])}
         assert port in published, f"{where}: no service publishes port {port} on the host"
         return
     assert host in SERVICES, f"{where}: {host} is not a compose service"
@@ -162,11 +163,86 @@ def test_every_endpoint_names_a_service_and_a_port_it_listens_on(where: str, hos
 
 
 def test_ports_agree_with_the_code() -> None:
-    assert "3000:3000" in SERVICES["service"]["ports"] and script_defaults(BIN / "serve.sh")["ROBUSTDX_SERVE_PORT"] == "3000"
+    assert "127.0.0.1:3000:3000" in SERVICES["service"]["ports"]
+    assert script_defaults(BIN / "serve.sh")["ROBUSTDX_SERVE_PORT"] == "3000"
     assert env("alert-receiver")["ROBUSTDX_ALERTS_PORT"] == str(DEFAULT_PORT)
-    assert "3001:3000" in SERVICES["grafana"]["ports"]
-    assert {"8265:8265", "10001:10001"} <= {str(p) for p in SERVICES["ray-head"]["ports"]}
+    assert "127.0.0.1:3001:3000" in SERVICES["grafana"]["ports"]
+    assert {"8265", "10001"} <= {str(p) for p in SERVICES["ray-head"]["expose"]}
     assert env("prefect-worker")[contracts.ENV_PUSHGATEWAY] == "pushgateway:9091"
+
+
+# ------------------------------------------------------------------------------------------------
+# closed by default (issue: unauthenticated control planes published on every interface)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_published_ports_bind_loopback_only(name: str) -> None:
+    for mapping in SERVICES[name].get("ports", []):
+        assert str(mapping).startswith("127.0.0.1:"), f"{name}: {mapping} is published on every interface"
+
+
+def test_code_execution_and_push_planes_are_not_published() -> None:
+    for name in ("ray-head", "pushgateway", "alert-receiver", "prefect-worker"):
+        assert not SERVICES[name].get("ports"), f"{name} must not be published"
+
+
+def test_prometheus_has_no_lifecycle_api() -> None:
+    assert not [w for w in SERVICES["prometheus"]["command"] if "lifecycle" in w]
+
+
+def test_secrets_are_required_not_defaulted() -> None:
+    """Compose refuses to start without them (``${VAR:?...}``), rather than running open."""
+    required = re.compile(r"^\$\{[A-Z_]+:\?.+\}$")
+    for name in SERVICES:
+        for key, value in env(name).items():
+            if key in {"ROBUSTDX_ADMIN_TOKEN", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"}:
+                assert required.match(value), f"{name}: {key}={value} must be required"
+
+
+def test_prefect_api_needs_auth_and_every_client_sends_it() -> None:
+    assert env("prefect-server")["PREFECT_SERVER_API_AUTH_STRING"]
+    for name in SERVICES:
+        if "PREFECT_API_URL" in env(name):
+            assert env(name)["PREFECT_API_AUTH_STRING"] == env("prefect-server")["PREFECT_SERVER_API_AUTH_STRING"], name
+    prom = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "prefect-server"]
+    assert job["basic_auth"]["password_file"] == "/run/secrets/prefect-password"
+    assert "prefect-password" in SERVICES["prometheus"]["secrets"]
+
+
+def test_grafana_has_no_anonymous_access_and_a_secret_admin_password() -> None:
+    assert env("grafana")["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env("grafana")["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana-admin-password"
+    assert "grafana-admin-password" in SERVICES["grafana"]["secrets"]
+
+
+def test_alertmanager_and_the_receiver_share_the_bearer_secret() -> None:
+    (hook,) = [h for r in load_yaml(ALERTMANAGER_YML)["receivers"] for h in r.get("webhook_configs", [])]
+    auth = hook["http_config"]["authorization"]
+    assert auth["type"] == "Bearer"
+    assert auth["credentials_file"] == env("alert-receiver")["ROBUSTDX_ALERT_TOKEN_FILE"] == "/run/secrets/alert-token"
+    assert "alert-token" in SERVICES["alertmanager"]["secrets"] and "alert-token" in SERVICES["alert-receiver"]["secrets"]
+
+
+def test_pushgateway_series_cannot_pose_as_another_job() -> None:
+    prom = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "pushgateway"]
+    assert {"source_labels": ["job"], "regex": contracts.PUSH_JOB, "action": "keep"} in job["metric_relabel_configs"]
+
+
+def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
+    script = tmp_path / "make-secrets.sh"
+    script.write_bytes((DEPLOY / "make-secrets.sh").read_bytes())
+    script.chmod(0o755)
+    first = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+    made = {name: (tmp_path / spec["file"]).read_text() for name, spec in COMPOSE["secrets"].items()}
+    assert all(len(value.strip()) >= 32 for value in made.values()), "every compose secret file exists"
+    dotenv = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
+    assert set(dotenv) == {"PREFECT_AUTH_STRING", "ROBUSTDX_ADMIN_TOKEN"}
+    assert dotenv["PREFECT_AUTH_STRING"] == "robustdx:" + made["prefect-password"].strip()
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700 and (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert "created" in first.stdout and not any(v.strip() in first.stdout for v in made.values()), "never printed"
+    second = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+    assert second.stdout == "" and {n: (tmp_path / s["file"]).read_text() for n, s in COMPOSE["secrets"].items()} == made
 
 
 def test_scripts_used_by_compose_exist() -> None:
@@ -225,7 +301,7 @@ ALL_ENV = sorted({(k, v) for name in SERVICES for k, v in env(name).items()})
 OURS = [REPO / "core", REPO / "flows", REPO / "service"]
 GRAFANA_ENV = {
     "GF_AUTH_ANONYMOUS_ENABLED",
-    "GF_AUTH_ANONYMOUS_ORG_ROLE",
+    "GF_SECURITY_ADMIN_PASSWORD__FILE",
     "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
     "GF_ANALYTICS_REPORTING_ENABLED",
 }

@@ -62,11 +62,19 @@ def test_target_runs_the_tested_script_as_non_root_with_a_healthcheck(target: st
 @pytest.mark.unit
 def test_base_image_is_pinned_to_the_projects_python() -> None:
     image = DOCKER.global_args["PYTHON_IMAGE"]
-    m = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim-[a-z]+", image)
-    assert m, f"pin the base image to an exact version, got {image!r}"
+    m = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim-[a-z]+@sha256:[0-9a-f]{64}", image)
+    assert m, f"pin the base image to an exact version and its digest, got {image!r}"
     assert PYPROJECT["project"]["requires-python"].startswith(f">={m.group(1)}.{m.group(2)}")
     for stage in DOCKER.stages.values():
         assert stage.base in DOCKER.stages or stage.base == "${PYTHON_IMAGE}", stage.base
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_code_is_not_writable_by_the_runtime_user(target: str) -> None:
+    """Only root-owned copies of the code: a compromised process cannot rewrite what runs next."""
+    for copy in DOCKER.stages[target].all("COPY"):
+        assert "--chown" not in copy.args, f"{target}: {copy.args} hands the code to the runtime user"
 
 
 @pytest.mark.unit

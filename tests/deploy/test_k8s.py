@@ -165,3 +165,61 @@ def test_prefect_worker_values_poll_a_kubernetes_pool() -> None:
     import prefect
 
     assert values["image"]["prefectTag"].startswith(prefect.__version__ + "-")
+
+
+# ------------------------------------------------------------------------------------------------
+# closed by default
+# ------------------------------------------------------------------------------------------------
+def test_every_pod_runs_with_seccomp_and_a_read_only_root() -> None:
+    for name, spec in pod_specs():
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        tmp = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["capabilities"]["drop"] == ["ALL"], name
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts.get("/tmp") in tmp, f"{name}: a read-only root needs an emptyDir at /tmp"
+
+
+def test_every_probe_has_a_timeout_above_the_default() -> None:
+    for name, spec in pod_specs():
+        for container in spec["containers"]:
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                if probe in container:
+                    assert container[probe].get("timeoutSeconds", 1) >= 3, (name, probe)
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return policy["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+
+
+def test_network_policies_deny_by_default_and_open_only_what_is_used() -> None:
+    policies = kind("NetworkPolicy")
+    deny = one("NetworkPolicy", "default-deny-ingress")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for dep in kind("Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        allowed = [p for p in policies if p["spec"]["podSelector"] and _selects(p, labels)]
+        assert allowed, f"{dep['metadata']['name']}: no policy lets anything reach it"
+        ports = {c["containerPort"] for cont in dep["spec"]["template"]["spec"]["containers"] for c in cont["ports"]}
+        for rule in (r for p in allowed for r in p["spec"]["ingress"]):
+            assert {p["port"] for p in rule.get("ports", [])} <= ports
+    receiver = one("NetworkPolicy", "robustdx-alert-receiver")["spec"]["ingress"]
+    assert [r["from"] for r in receiver] == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
+    ray = one("NetworkPolicy", "robustdx-ray")["spec"]
+    assert ray["podSelector"]["matchLabels"] == {"ray.io/cluster": one("RayCluster", "robustdx")["metadata"]["name"]}
+    assert all("namespaceSelector" in src or src == {"podSelector": {}} for r in ray["ingress"] for src in r["from"])
+
+
+def test_alert_receiver_requires_the_secret_alertmanager_sends() -> None:
+    spec = one("Deployment", "robustdx-alert-receiver")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if env["ROBUSTDX_ALERT_TOKEN_FILE"].startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    (hook,) = one("AlertmanagerConfig", "robustdx-retrain")["spec"]["receivers"][0]["webhookConfigs"]
+    credentials = hook["httpConfig"]["authorization"]["credentials"]
+    assert volume["secret"]["secretName"] == credentials["name"]
+    assert volume["secret"]["items"] == [{"key": credentials["key"], "path": Path(env["ROBUSTDX_ALERT_TOKEN_FILE"]).name}]
+    assert env["ROBUSTDX_ALERTS_HOST"] == "0.0.0.0"  # the script's default is loopback; a pod must listen on its IP

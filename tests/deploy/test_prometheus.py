@@ -19,8 +19,20 @@ from urllib.parse import urlparse
 
 import pytest
 
+from robustdx.core import contracts
 from robustdx.flows.alerts import DEFAULT_PORT, RETRAIN_LABEL
-from tests.deploy.stack import ALERTMANAGER_YML, DEPLOY, PROMETHEUS_DIR, RULES_DIR, Tools, load_yaml
+from tests.deploy.stack import (
+    ALERTMANAGER_YML,
+    DEPLOY,
+    PROMETHEUS_DIR,
+    RULES_DIR,
+    SERVICE_JOB,
+    Proc,
+    Tools,
+    host_port,
+    live_prometheus,
+    load_yaml,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -190,3 +202,21 @@ def test_prometheus_scrapes_what_the_rules_select() -> None:
     assert selected <= set(jobs), f"rules select jobs that are not scraped: {selected - set(jobs)}"
     assert jobs["pushgateway"]["honor_labels"] is True  # keep the pushed job="robustdx-flows" and grouping labels
     assert config["rule_files"] == ["rules/*.yml"]
+
+
+# ------------------------------------------------------------------------------------------------
+# a real Pushgateway scraped by a real Prometheus with the shipped job
+# ------------------------------------------------------------------------------------------------
+def test_a_push_cannot_pose_as_the_service(monitoring_tools: Tools, pushgateway: Proc, tmp_path: Path) -> None:
+    """Anyone who can push must not be able to fake the service's drift gauge (and start a retrain):
+    the shipped pushgateway job keeps only job="robustdx-flows" series."""
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    for job, value in ((SERVICE_JOB, 1e-9), (contracts.PUSH_JOB, 0.5)):
+        registry = CollectorRegistry()
+        Gauge(contracts.DRIFT_MMD_P, "forged or legit", registry=registry).set(value)
+        push_to_gateway(host_port(pushgateway), job=job, registry=registry, timeout=5)
+    with live_prometheus(monitoring_tools, tmp_path / "prometheus", {"pushgateway": host_port(pushgateway)}, []) as prom:
+        legit = prom.wait_for(f'{contracts.DRIFT_MMD_P}{{job="{contracts.PUSH_JOB}"}}', timeout=30)
+        assert legit == [0.5]
+        assert prom.values(f'{contracts.DRIFT_MMD_P}{{job="{SERVICE_JOB}"}}') == []

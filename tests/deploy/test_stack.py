@@ -90,8 +90,9 @@ def test_fast_alert_rules_change_only_the_drift_duration(tmp_path: Path) -> None
 
 def test_local_alertmanager_config_keeps_the_routing() -> None:
     shipped = stack.load_yaml(stack.ALERTMANAGER_YML)
-    local = stack.local_alertmanager_config("http://127.0.0.1:9/alerts")
+    local = stack.local_alertmanager_config("http://127.0.0.1:9/alerts", Path("/run/test/alert-token"))
     assert local["route"]["routes"][0]["matchers"] == shipped["route"]["routes"][0]["matchers"]
     assert local["route"]["group_wait"] == local["route"]["routes"][0]["group_wait"] == "1s"
     hooks = [h for r in local["receivers"] for h in r.get("webhook_configs", [])]
     assert [h["url"] for h in hooks] == ["http://127.0.0.1:9/alerts"]
+    assert hooks[0]["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": "/run/test/alert-token"}

@@ -25,7 +25,17 @@ from prefect.events import Event
 from starlette.applications import Starlette
 
 from robustdx.flows import alerts
-from robustdx.flows.alerts import DRIFT_EVENT, MAX_BODY_BYTES, build_app, drift_events, parse_message
+from robustdx.flows.alerts import (
+    DRIFT_EVENT,
+    MAX_ALERTS,
+    MAX_BODY_BYTES,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    build_app,
+    configured_token,
+    drift_events,
+    parse_message,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -85,16 +95,21 @@ class Recorder:
         self.sent.extend(events)
 
 
-class Client:
-    """Synchronous calls into the ASGI app through httpx's ASGI transport (no server, no thread)."""
+SECRET = "s3cret-for-tests"
 
-    def __init__(self, app: Starlette) -> None:
+
+class Client:
+    """Synchronous calls into the ASGI app through httpx's ASGI transport (no server, no thread),
+    carrying ``Authorization: Bearer <token>`` like Alertmanager's ``http_config.authorization``."""
+
+    def __init__(self, app: Starlette, token: str | None = SECRET) -> None:
         self.app = app
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://receiver", headers=self.headers) as client:
                 return await client.request(method, url, **kwargs)
 
         return asyncio.run(send())
@@ -113,7 +128,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def client(recorder: Recorder) -> Client:
-    return Client(build_app(recorder))
+    return Client(build_app(recorder, token=SECRET))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,8 +211,36 @@ def test_oversized_payload_is_a_413(client: Client) -> None:
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
 
+def test_more_alerts_than_the_cap_are_refused_whole(client: Client, recorder: Recorder) -> None:
+    many = [alert(fingerprint=f"f{i}") for i in range(MAX_ALERTS + 1)]
+    r = client.post("/alerts", json=notification(*many))
+    assert r.status_code == 400 and "alerts" in r.json()["error"]
+    assert not recorder.sent
+    assert client.post("/alerts", json=notification(*many[:MAX_ALERTS])).json()["emitted"] == MAX_ALERTS
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {SECRET}", f"Bearer {SECRET}x", "Bearer "])
+def test_alerts_without_the_bearer_secret_are_a_401_and_emit_nothing(recorder: Recorder, header: str | None) -> None:
+    app = build_app(recorder, token=SECRET)
+    client = Client(app, token=None)
+    r = client.post("/alerts", json=notification(alert()), headers={"authorization": header} if header else {})
+    assert r.status_code == 401 and "bearer" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
+    assert not recorder.sent
+    assert 'robustdx_alert_receiver_alerts_total{outcome="unauthorized"} 1.0' in client.get("/metrics").text
+    assert client.get("/healthz").status_code == 200  # probes need no secret
+
+
+def test_label_values_are_escaped_in_log_lines(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "svc\n2026-01-01 INFO robustdx.flows.alerts: emitted fake\x1b[31m"  # a real newline and ESC
+    with caplog.at_level("INFO", logger="robustdx.flows.alerts"):
+        assert client.post("/alerts", json=notification(alert(instance=forged))).status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if "emitted" in r.getMessage()]
+    assert "\n" not in line and "\x1b" not in line, line
+    assert "svc\\n2026" in line and "\\x1b[31m" in line  # escaped, still readable
+
+
 def test_unreachable_prefect_is_a_503_so_alertmanager_retries() -> None:
-    client = Client(build_app(Recorder(fail=ConnectionRefusedError("connection refused"))))
+    client = Client(build_app(Recorder(fail=ConnectionRefusedError("connection refused")), token=SECRET))
     r = client.post("/alerts", json=notification(alert()))
     assert r.status_code == 503 and "retry" in r.json()["error"] and "ConnectionRefusedError" in r.json()["error"]
     metrics = client.get("/metrics").text
@@ -238,8 +281,36 @@ def test_cli_help_names_the_event_and_the_options() -> None:
 def test_cli_refuses_to_start_without_a_prefect_api(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path)  # no profile that could set an API URL
+    env[TOKEN_ENV] = SECRET
     done = _cli("--port", "1", env=env)
     assert done.returncode == 2 and "PREFECT_API_URL is not set" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((), "no bearer secret"),
+        (("--no-auth", "--host", "0.0.0.0"), "only allowed on a loopback"),
+    ],
+)
+def test_cli_is_closed_by_default(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TOKEN_FILE_ENV)}
+    env["PREFECT_API_URL"] = "http://127.0.0.1:1/api"
+    done = _cli("--port", "1", *args, env=env)
+    assert done.returncode == 2 and needle in done.stderr, done.stderr
+
+
+def test_token_comes_from_a_file_first_and_empty_secrets_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(" from-file\n")
+    assert configured_token({TOKEN_FILE_ENV: str(secret), TOKEN_ENV: "from-env"}) == "from-file"
+    assert configured_token({TOKEN_ENV: "from-env"}) == "from-env"
+    assert configured_token({}) is None
+    secret.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        configured_token({TOKEN_FILE_ENV: str(secret)})
+    with pytest.raises(ValueError, match="cannot read"):
+        configured_token({TOKEN_FILE_ENV: str(tmp_path / "missing")})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,7 +332,7 @@ async def _stored(ids: list[str], timeout: float = 45.0) -> list[Event]:
 
 
 def test_event_reaches_a_real_prefect_server_once(prefect_server: str) -> None:
-    client = Client(build_app())  # the default emitter: Prefect's events client on PREFECT_API_URL
+    client = Client(build_app(token=SECRET))  # the default emitter: Prefect's events client on PREFECT_API_URL
     payload = notification(alert(fingerprint=f"real-{time.time_ns()}", instance="10.0.0.7:3000"))
     r = client.post("/alerts", json=payload)
     assert r.status_code == 200, r.text
