@@ -56,8 +56,15 @@ def bench_config(root: Path, output_dir: Path, quick: bool) -> RunConfig:
         "name": "ig-bench-resnet18",
         "seed": 0,
         "recipe": "ce",
-        "data": {"dataset": "pcam", "root": str(root), "image_size": 96, "n_train": 600, "n_val": 200, "n_test": 200,
-                 "batch_size": 32},  # fmt: skip
+        "data": {
+            "dataset": "pcam",
+            "root": str(root),
+            "image_size": 96,
+            "n_train": 600,
+            "n_val": 200,
+            "n_test": 200,
+            "batch_size": 32,
+        },  # fmt: skip
         "model": {"arch": "resnet18"},
         "pretrain": {"epochs": 1, "lr": 1e-3},
         "output_dir": str(output_dir),
@@ -85,9 +92,18 @@ def captum_batch(model: nn.Module, x: Tensor, target: Tensor, steps: int) -> Ten
     """captum as its documentation shows it, on the model as given, all images in one call."""
     from captum.attr import IntegratedGradients
 
-    return IntegratedGradients(model).attribute(
-        x, baselines=torch.zeros_like(x), target=target, n_steps=steps, method="gausslegendre", internal_batch_size=INTERNAL_BATCH
-    ).detach()
+    return (
+        IntegratedGradients(model)
+        .attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            target=target,
+            n_steps=steps,
+            method="gausslegendre",
+            internal_batch_size=INTERNAL_BATCH,
+        )
+        .detach()
+    )
 
 
 def robustdx_batch(model: nn.Module, x: Tensor, target: Tensor, steps: int) -> Tensor:
@@ -153,14 +169,22 @@ def main() -> None:
         "benchmark": "integrated_gradients",
         "settings": {
             "model": {"arch": cfg.model.arch, "image_size": cfg.data.image_size, "recipe": str(cfg.recipe)},
-            "images": n, "baseline_image": "black", "target": "predicted class", "repeats": repeats, "threads": threads,
+            "images": n,
+            "baseline_image": "black",
+            "target": "predicted class",
+            "repeats": repeats,
+            "threads": threads,
             "reference": f"captum gausslegendre, {REFERENCE_STEPS} steps",
             "accuracy_target": {"mean": MEAN_TARGET, "worst": WORST_TARGET},
-            "step_grid": list(STEP_GRID), "internal_batch_size": INTERNAL_BATCH, "captum": __import__("captum").__version__,
+            "step_grid": list(STEP_GRID),
+            "internal_batch_size": INTERNAL_BATCH,
+            "captum": __import__("captum").__version__,
         },  # fmt: skip
         "steps": {"captum": base_steps, "robustdx": ours_steps},
-        "accuracy": {"captum": {s: {k: v for k, v in a.items() if k != "per_image"} for s, a in base_acc.items()},
-                     "robustdx": {s: {k: v for k, v in a.items() if k != "per_image"} for s, a in ours_acc.items()}},  # fmt: skip
+        "accuracy": {
+            "captum": {s: {k: v for k, v in a.items() if k != "per_image"} for s, a in base_acc.items()},
+            "robustdx": {s: {k: v for k, v in a.items() if k != "per_image"} for s, a in ours_acc.items()},
+        },  # fmt: skip
         "accuracy_at_chosen_steps": {"captum": base_acc[base_steps], "robustdx": ours_acc[ours_steps]},
         "seconds_per_image_batch": per_image,
         "seconds_one_image_call": {k: spread(v) for k, v in single.items()},

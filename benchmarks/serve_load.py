@@ -1,9 +1,9 @@
-"""/predict throughput and latency of the BentoML service with adaptive batching vs batching off.
+"""/predict throughput and latency of the BentoML service with batching vs batching off.
 
 Both sides run in the same invocation against a real ``bentoml serve`` on 127.0.0.1 (a fresh
-server per side, same bundle, same images, same client): ``ROBUSTDX_BATCHING=1`` (BentoML adaptive
-batching, ``max_batch_size`` / ``max_latency_ms`` from the service's settings) and
-``ROBUSTDX_BATCHING=0`` (one forward pass per request). The load generator is an asyncio client with
+server per side, same bundle, same images, same client): ``ROBUSTDX_BATCHING=1`` (requests that arrive
+while the model is busy share the next forward pass, up to ``ROBUSTDX_MAX_BATCH_SIZE`` images;
+``service/batching.py``) and ``ROBUSTDX_BATCHING=0`` (one forward pass per request). The load generator is an asyncio client with
 a fixed number of requests in flight, bounded by a request count *and* a time limit; one PNG per
 request. The batching side also measures the service worker's RSS after a warm-up and again after
 ``--requests`` (10,000 by default) requests: the memory-leak check. Each RSS reading is taken after
@@ -121,9 +121,9 @@ def worker_rss(server: Server) -> dict[str, int]:
 def batch_sizes(client: httpx.Client) -> dict[str, float]:
     tot = cnt = 0.0
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+        if line.startswith("robustdx_batch_size_sum"):
             tot += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+        elif line.startswith("robustdx_batch_size_count"):
             cnt += float(line.rsplit(" ", 1)[1])
     return {"batches": cnt, "mean_batch_size": tot / cnt if cnt else 0.0}
 
@@ -163,7 +163,6 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
     ap.add_argument("--max-seconds", type=float, default=300, help="Time limit of each timed run.")
     ap.add_argument("--max-batch-size", type=int, default=32)
-    ap.add_argument("--max-latency-ms", type=int, default=5000)
     ap.add_argument("--robust-sample-rate", type=float, default=0.01)
     ap.add_argument(
         "--settle", type=float, default=16.0, help="Idle seconds before each RSS reading (the worker trims its heap every 10 s)."
@@ -187,7 +186,6 @@ def main() -> None:
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "True",
             "ROBUSTDX_MAX_BATCH_SIZE": str(args.max_batch_size),
-            "ROBUSTDX_MAX_LATENCY_MS": str(args.max_latency_ms),
             "ROBUSTDX_ROBUST_SAMPLE_RATE": str(args.robust_sample_rate),
         }
         batched = run_side({**base, "ROBUSTDX_BATCHING": "1"}, Path(tmp) / "on.log", pngs, args, args.requests, rss=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 MODEL_NAME = "robustdx-classifier"
 ENV_MODEL_TAG = "ROBUSTDX_MODEL_TAG"
+ENV_SERVICE_HOSTS = "ROBUSTDX_SERVICE_HOSTS"  # hosts the flows may send the admin token to (comma-separated)
 
 # --- Prometheus metric names (the exporter adds ``_total`` / ``_bucket`` suffixes as usual) -----
 PREDICTIONS = "robustdx_predictions"  # counter -> robustdx_predictions_total{class}
@@ -25,7 +26,13 @@ ADV_FLIP_RATE = "robustdx_adversarial_flip_rate"  # gauge: fraction of sampled r
 ROBUST_MARGIN = "robustdx_robust_margin"  # gauge: mean logit margin of the predicted class after PGD
 ROBUST_SAMPLES = "robustdx_robustness_samples"  # counter -> robustdx_robustness_samples_total
 IG_DELTA = "robustdx_ig_convergence_delta"  # histogram: |IG convergence delta| (logit units)
+MONITOR_HEARTBEAT = "robustdx_monitor_heartbeat_timestamp_seconds"  # gauge: unix time of the monitor loop's last turn
+MONITOR_ERRORS = "robustdx_monitor_errors"  # counter -> robustdx_monitor_errors_total: failed metric computations
+MONITOR_DROPPED = "robustdx_monitor_dropped"  # counter -> robustdx_monitor_dropped_total: samples of a replaced model
 MODEL_INFO = "robustdx_model_info"  # gauge = 1 for the serving model {version, regime, dataset, tag}
+BATCH_SIZE = "robustdx_batch_size"  # histogram: images per forward pass of /predict (service/batching.py)
+EXPLAIN_REFUSED = "robustdx_explain_refused"  # counter {reason} -> robustdx_explain_refused_total: busy / rate / deadline
+LABEL_REASON = "reason"
 
 # --- pushed by the flows to a Prometheus Pushgateway (job "robustdx-flows"), when one is configured ---
 FLOW_LAST_RUN = "robustdx_flow_last_run_timestamp_seconds"  # gauge {flow, outcome}
@@ -54,7 +61,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ROBUST_MARGIN: ("gauge", (), "Mean logit margin of the predicted class on the PGD-attacked sample (< 0 = flipped)."),
     ROBUST_SAMPLES: ("counter", (), "Live images attacked by the background robustness probe."),
     IG_DELTA: ("histogram", (), "Absolute Integrated-Gradients convergence delta of /explain (logit units)."),
+    MONITOR_HEARTBEAT: ("gauge", (), "Unix time of the background monitor's last loop turn (stalls when it dies)."),
+    MONITOR_ERRORS: ("counter", (), "Drift or robustness computations of the background monitor that failed."),
+    MONITOR_DROPPED: ("counter", (), "Live samples dropped because they came from a model replaced by a reload."),
     MODEL_INFO: ("gauge", INFO_LABELS, "1 for the model being served."),
+    BATCH_SIZE: ("histogram", (), "Images per forward pass of /predict (requests batched while the model was busy)."),
+    EXPLAIN_REFUSED: ("counter", (LABEL_REASON,), "/explain requests refused: busy (429), rate (429) or deadline (503)."),
 }
 
 FLOW_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {

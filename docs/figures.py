@@ -99,6 +99,14 @@ def benchmarks() -> str:
         if h is None:
             continue
         verdict = "met" if h["met"] else "**missed**"
+        if "goals" in h:  # absolute goals (no baseline to divide by)
+            parts = "; ".join(
+                f"{g['name']} {g['value']:.4g}{(' ' + g['unit']) if g['unit'] else ''} (goal {g['goal']}: "
+                f"{'met' if g['met'] else '**missed**'})"
+                for g in h["goals"]
+            )
+            lines.append(f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: {parts}.")
+            continue
         lines.append(
             f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: **{h['ratio']:.2f}x** against {h['baseline']}; "
             f"goal {h['goal']}: {verdict}."

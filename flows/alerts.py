@@ -289,7 +289,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-auth",
         action="store_true",
-        help=f"accept alerts without a bearer secret; only allowed with a loopback --host (default: {TOKEN_FILE_ENV} or {TOKEN_ENV} required)",
+        help=(
+            "accept alerts without a bearer secret; only allowed with a loopback --host "
+            f"(default: {TOKEN_FILE_ENV} or {TOKEN_ENV} required)"
+        ),
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     parser.add_argument(
@@ -343,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     if token is None and not args.no_auth:
         _parser().error(f"no bearer secret: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), or pass --no-auth on a loopback --host")
     if token is None and not _is_loopback(args.host):
-        _parser().error(f"--no-auth is only allowed on a loopback --host, not {args.host!r}: anyone who can reach it could start a retrain")
+        _parser().error(
+            f"--no-auth is only allowed on a loopback --host, not {args.host!r}: anyone who can reach it could start a retrain"
+        )
     from prefect.settings import PREFECT_API_URL
 
     api: Any = PREFECT_API_URL.value()

@@ -179,7 +179,10 @@ def experiment(
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; train nothing.")] = False,
     report_only: Annotated[
-        bool, typer.Option("--report-only", help="Write the report from the cells finished so far (says which are missing); train nothing.")
+        bool,
+        typer.Option(
+            "--report-only", help="Write the report from the cells finished so far (says which are missing); train nothing."
+        ),
     ] = False,
 ) -> None:
     """Regenerate a paper table: every recipe x seed (x fold) on equal budgets, clean/robust accuracy with intervals,
@@ -202,7 +205,8 @@ def experiment(
                 lines.append(f"  {cell_name(*cell)}: {epochs} epochs")
             console.print(
                 f"{len(lines)} cells on {base.data.dataset} ({base.model.arch} @ {base.data.image_size} px):\n"
-                + "\n".join(lines) + f"\nreport: {exp.output_dir / exp.name}"
+                + "\n".join(lines)
+                + f"\nreport: {exp.output_dir / exp.name}"
             )
             return
 

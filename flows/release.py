@@ -16,20 +16,18 @@ Plain functions (no Prefect) so that the CLI, the flows and tests share them; th
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from robustdx.core.contracts import ENV_SERVICE_HOSTS
 from robustdx.core.data import build_splits
 from robustdx.core.evaluation.scoring import REPORT_KEYS, ScoringSettings, validation_scores
-from robustdx.core.release.bundle import Bundle, load_bundle
+from robustdx.core.release.bundle import Bundle, load_bundle, weights_sha256
 from robustdx.core.release.gates import Decision, GateConfig, decide
 from robustdx.core.release.pointer import Pointer, append_audit, promotion_lock, read_production, write_production
 from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
@@ -123,7 +121,7 @@ def promote(
         tag = previous = None
         if decision.promote:
             tag = save_bundle_to_store(bundle_dir, home)
-            pointer = write_production(home, tag)
+            pointer = write_production(home, tag, weights_sha256(load_bundle_from_store(tag, home)))
             previous = pointer.previous
         append_audit(
             home,
@@ -155,31 +153,47 @@ def rollback(home: Path | str | None = None, lock_timeout: float = 900.0) -> Poi
         pointer = read_production(home)
         if pointer is None or not pointer.previous:
             raise LookupError("nothing to roll back to: no previous production model (promote at least twice)")
-        load_bundle_from_store(pointer.previous, home)  # refuses a missing or altered bundle
-        new = write_production(home, pointer.previous)
+        previous = load_bundle_from_store(pointer.previous, home)  # refuses a missing or altered bundle
+        new = write_production(home, pointer.previous, weights_sha256(previous))
         append_audit(home, {"action": "rolled_back", "tag": new.tag, "previous": new.previous})
     return new
+
+
+def service_hosts(env: dict[str, str] | None = None) -> set[str]:
+    """Hosts the admin token may be sent to: ``$ROBUSTDX_SERVICE_HOSTS`` (comma-separated), else loopback only."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_SERVICE_HOSTS, "127.0.0.1,localhost,::1")
+    return {h.strip().lower() for h in raw.split(",") if h.strip()}
 
 
 def reload_service(url: str, token: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
     """Ask a running service to load the production model now (``POST /admin/reload``).
 
+    The admin token goes only to a host of :func:`service_hosts`, over a request that follows no redirect: a
+    ``service_url`` typed into a flow form must not be able to send the token anywhere else.
+
     Raises:
-        RuntimeError: the service answered with an error or could not be reached (message says which).
+        RuntimeError: a host not allowed, a redirect, an error answer or an unreachable service (the message says which).
     """
+    import httpx
+
     token = token or os.environ.get("ROBUSTDX_ADMIN_TOKEN")
     if not token:
         raise RuntimeError("set ROBUSTDX_ADMIN_TOKEN (the service's admin token) to reload it after promotion")
-    req = urllib.request.Request(
-        url.rstrip("/") + "/admin/reload", data=b"{}", method="POST", headers={"Authorization": f"Bearer {token}"}
-    )
-    req.add_header("Content-Type", "application/json")
+    target = httpx.URL(url.rstrip("/") + "/admin/reload")
+    allowed = service_hosts()
+    if target.scheme not in ("http", "https") or target.host.lower() not in allowed:
+        raise RuntimeError(
+            f"refusing to send the admin token to {target.host!r}: allowed hosts are {sorted(allowed)} "
+            f"(set {ENV_SERVICE_HOSTS} to the service's host names)"
+        )
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        raise RuntimeError(f"{url}/admin/reload answered {err.code}: {err.read()[:500]!r}") from None
-    except (urllib.error.URLError, OSError) as err:
+        resp = httpx.post(target, json={}, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as err:
         raise RuntimeError(f"could not reach {url}: {err}") from None
-    return {**body, "seconds": time.perf_counter() - t0}
+    if resp.is_redirect:
+        raise RuntimeError(f"{target} answered a redirect ({resp.status_code} to {resp.headers.get('location')!r}): not followed")
+    if resp.status_code >= 400:
+        raise RuntimeError(f"{target} answered {resp.status_code}: {resp.text[:500]!r}")
+    return {**(resp.json() if resp.content else {}), "seconds": time.perf_counter() - t0}

@@ -8,10 +8,14 @@ Endpoints:
 
 * ``POST /predict`` — multipart field ``images`` (one or several PNG/JPEG files) → one prediction per
   image: label, class probabilities, margin, model version and ``refer_to_clinician`` below the
-  confidence threshold. Adaptive batching across requests (``batchable=True``).
+  confidence threshold. Each request decodes its own images (a bad one is a 400 for it alone), then
+  concurrent requests share forward passes (:mod:`robustdx.service.batching`).
 * ``POST /explain`` — field ``image`` (+ ``baseline``, ``attack_eps``, ``attack_steps``, ``map_size``)
   → the prediction plus the IG attribution (heatmap PNG as base64, downsampled raw map, convergence
   delta, baseline); with ``attack_eps`` > 0 also the prediction and IG map of a PGD-attacked copy.
+  Computed on threads of its own (:mod:`robustdx.service.explaining`), so it never holds ``/predict``;
+  429 when the explanation slots are taken or a client exceeds its attacked-copy rate, 503 when one
+  runs past ``ROBUSTDX_EXPLAIN_DEADLINE_SECONDS`` (it is stopped, not left computing).
 * ``GET /model`` — version, tag, regime, data card, validation/test clean and robust metrics, hashes.
 * ``POST /admin/reload`` — bearer token from ``$ROBUSTDX_ADMIN_TOKEN`` (unset: reload disabled, 401).
   Loads the production pointer's tag in a worker thread and swaps it in atomically; requests in
@@ -31,7 +35,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,22 +53,35 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from robustdx.core.contracts import ENV_MODEL_TAG
 from robustdx.core.release.pointer import PointerError, read_production, resolve_tag
-from robustdx.service.guard import EdgeGuard
-from robustdx.service.imaging import open_checked
+from robustdx.service.batching import MicroBatcher
+from robustdx.service.explaining import Busy, DeadlineExceeded, Deadlines, ExplainGate
+from robustdx.service.guard import EdgeGuard, GuardLimits
+from robustdx.service.imaging import ImageError, check_request, decode, inspect
+from robustdx.service.monitoring.metrics import metrics
 from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, Prediction, ReloadResult
 from robustdx.service.settings import load_settings
 
+log = logging.getLogger("robustdx.service")
 SETTINGS = load_settings()
 LIMITS = SETTINGS.image_limits()
-MAX_ATTACK_EPS = 32 / 255
+INLINE_DECODE_PIXELS = 256 * 256  # decoded on the event loop: a few hundred microseconds at most
+MAX_ATTACK_EPS = 16 / 255  # twice the strongest budget the models are evaluated at (8/255)
 
 
 def _check_upload(path: Path) -> Path:
     """Per-request validation (runs while BentoML parses the request, before batching, so a bad
-    image fails only its own request): a pydantic error here becomes a 400 naming the problem."""
-    open_checked(path, LIMITS)
+    image fails only its own request): a pydantic error here becomes a 400 naming the problem.
+    Header only: BentoML validates on the event loop, where decoding pixels would stall every request."""
+    inspect(path, LIMITS)
     return path
+
+
+def _check_request(paths: list[Path]) -> list[Path]:
+    """The per-request pixel total (headers again: cheap), so many small-file, large-canvas images cannot add up."""
+    check_request([inspect(p, LIMITS) for p in paths], LIMITS)
+    return paths
 
 
 ImageUpload = Annotated[Path, ContentType("image/*"), AfterValidator(_check_upload)]
@@ -112,12 +133,21 @@ class Served:
         }
 
 
-def _load(tag: str) -> Served:
+def _load(tag: str, expected_sha256: str | None = None) -> Served:
+    """Load and hash-check the bundle of ``tag``; with ``expected_sha256`` (the production pointer's), refuse
+    weights other than the ones promotion checked, even when their manifest agrees with them."""
     import torch
 
+    from robustdx.core.errors import BundleError
+    from robustdx.core.release.bundle import weights_sha256
     from robustdx.core.release.store import load_bundle_from_store
 
     bundle = load_bundle_from_store(tag)
+    if expected_sha256 is not None and weights_sha256(bundle) != expected_sha256:
+        raise BundleError(
+            f"the store's weights of {tag} (sha256 {weights_sha256(bundle)[:12]}…) are not the ones the production "
+            f"pointer names ({expected_sha256[:12]}…): the store was altered after promotion"
+        )
     for p in bundle.model.parameters():
         p.requires_grad_(False)
     classes = list(bundle.data_card.get("classes") or [str(i) for i in range(bundle.config.model.num_classes)])
@@ -127,10 +157,10 @@ def _load(tag: str) -> Served:
     return Served(tag, bundle, classes, size, float(bundle.config.eval_attack.eps), datetime.now(UTC).isoformat())
 
 
-def _error(status: int, message: str, ctx: Any = None) -> JSONResponse:
+def _error(status: int, message: str, ctx: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     if ctx is not None:  # BentoML copies ctx.response.status_code onto the response of an API with a context
         ctx.response.status_code = status
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 async def _model_card(request: Request) -> JSONResponse:
@@ -152,19 +182,37 @@ class RobustDx:
     """Robust pathology classifier with Integrated-Gradients explanations (see the module docstring)."""
 
     def __init__(self) -> None:
+        from robustdx.service import logs
         from robustdx.service.monitoring.monitor import Monitor
 
+        logs.install()  # bad uploads: one WARNING line each, not an ERROR with a traceback
         self.threshold = SETTINGS.confidence_threshold
+        self.pinned = os.environ.get(ENV_MODEL_TAG) or None  # a pinned tag is served until the variable goes away
         try:
-            tag = resolve_tag()
+            tag, expected = (resolve_tag(), None) if self.pinned else _production()
         except (LookupError, ValueError) as err:
             raise RuntimeError(f"robustdx service cannot start: {err}") from None  # text: local.STARTUP_FAILURE
-        self._state = _load(tag)
-        self._reload_lock = asyncio.Lock()
+        self.deadlines = Deadlines()
+        self.explainer = ExplainGate(SETTINGS.explain_limits(), self.deadlines)
+        self.batcher: MicroBatcher[Served, Prediction] = MicroBatcher(
+            self._infer, SETTINGS.max_batch_size if SETTINGS.batching else 1
+        )
+        self._decoders = ThreadPoolExecutor(max_workers=SETTINGS.decode_workers, thread_name_prefix="robustdx-decode")
+        self._metrics = metrics()
+        self._state = self._loaded(tag, expected)
+        self._swap_lock = threading.Lock()  # one reload at a time, from the admin route or the pointer poller
         self.monitor = Monitor(SETTINGS.monitor_settings())
         self._watch(self._state)
+        if not self.pinned and SETTINGS.pointer_poll_seconds > 0:
+            threading.Thread(target=self._follow_pointer, name="robustdx-pointer", daemon=True).start()
 
     # ---- helpers ------------------------------------------------------------------------------
+    def _loaded(self, tag: str, expected_sha256: str | None) -> Served:
+        """:func:`_load`, with the explanation deadline checked inside the model's forward passes."""
+        st = _load(tag, expected_sha256)
+        self.deadlines.attach(st.bundle.model)
+        return st
+
     def _watch(self, st: Served) -> None:
         info = {
             "version": st.version,
@@ -194,7 +242,7 @@ class RobustDx:
     def _tensor(self, st: Served, paths: list[Path]) -> Any:
         from robustdx.service.imaging import to_tensor
 
-        return to_tensor([open_checked(p, LIMITS) for p in paths], st.size)
+        return to_tensor([decode(p, LIMITS, st.size) for p in paths], st.size)  # the one decode, in the API's thread
 
     def model_card(self) -> dict[str, Any]:
         st = self._state
@@ -203,19 +251,18 @@ class RobustDx:
             pointer = read_production()
         except PointerError:
             pointer = None
-        card["production_pointer"] = None if pointer is None else {"tag": pointer.tag, "previous": pointer.previous}
+        card["production_pointer"] = None if pointer is None else {
+            "tag": pointer.tag, "previous": pointer.previous, "weights_sha256": pointer.weights_sha256,
+            "serving_it": pointer.tag == st.tag,
+        }  # fmt: skip
+        card["pinned_by_env"] = self.pinned
         card["confidence_threshold"] = self.threshold
         card["monitor"] = self.monitor.snapshot()
         return card
 
     # ---- APIs ---------------------------------------------------------------------------------
-    @bentoml.api(
-        route="/predict",
-        batchable=SETTINGS.batching,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def predict(
+    @bentoml.api(route="/predict")
+    async def predict(
         self,
         images: Annotated[
             list[ImageUpload],
@@ -224,31 +271,80 @@ class RobustDx:
                 max_length=SETTINGS.max_images_per_request,
                 description="One or more PNG/JPEG images (multipart field 'images').",
             ),
+            AfterValidator(_check_request),
         ],
+        ctx: bentoml.Context,
     ) -> list[Prediction]:
         """Classify images: label, probabilities, margin, model version (refer to clinician when unsure)."""
+        st = self._state
+        try:
+            x = await self._decoded(st, images)
+        except ImageError as err:  # its own request only: decoding happens before batching
+            return _error(400, str(err), ctx)
+        return await self.batcher.submit(st, x)
+
+    async def _decoded(self, st: Served, paths: list[Path]) -> Any:
+        """The request's images as a tensor. Small ones are decoded on the event loop (well under a millisecond);
+        larger ones on the decode threads, so a flood of large uploads queues there and not in front of /livez."""
+        pixels = sum(inspect(p, LIMITS).pixels for p in paths)
+        if pixels <= INLINE_DECODE_PIXELS:
+            return self._tensor(st, paths)
+        return await asyncio.get_running_loop().run_in_executor(self._decoders, self._tensor, st, paths)
+
+    def _infer(self, st: Served, x: Any) -> list[Prediction]:
+        """One forward pass over a batch of requests' images (the batcher's inference thread)."""
         import torch
 
-        st = self._state
-        x = self._tensor(st, images)
         with torch.no_grad():
             emb = st.bundle.model.embed(x)
             probs = torch.softmax(st.bundle.model.classifier(emb).float(), 1)
-        self.monitor.observe(st.classes, probs, emb, x, self.threshold)
+        self.monitor.observe(st.classes, probs, emb, x, self.threshold, version=st.version)
+        self._metrics.batch_size.observe(len(x))
         return [self._prediction(st, probs[i]) for i in range(len(probs))]
 
     @bentoml.api(route="/explain")
-    def explain(
+    async def explain(
         self,
         image: Annotated[ImageUpload, Field(description="One PNG/JPEG image (multipart field 'image').")],
+        ctx: bentoml.Context,
         baseline: Annotated[Literal["black", "blur", "noise"], Field(description="IG baseline.")] = "black",
         attack_eps: Annotated[
-            float, Field(ge=0.0, le=MAX_ATTACK_EPS, description="If > 0, also explain a PGD-attacked copy (L-inf, [0,1] pixels).")
+            float,
+            Field(
+                ge=0.0,
+                le=MAX_ATTACK_EPS,
+                description="If > 0, also explain a PGD-attacked copy (L-inf, [0,1] pixels); rate-limited per client.",
+            ),
         ] = 0.0,
-        attack_steps: Annotated[int, Field(ge=1, le=50, description="PGD steps of the attack.")] = 10,
-        map_size: Annotated[int, Field(ge=4, le=128, description="Side of the downsampled raw attribution map.")] = 16,
+        attack_steps: Annotated[
+            int, Field(ge=1, le=SETTINGS.explain_max_attack_steps, description="PGD steps of the attack.")
+        ] = 10,
+        map_size: Annotated[
+            int, Field(ge=4, le=SETTINGS.explain_max_map_size, description="Side of the downsampled raw attribution map.")
+        ] = 16,
     ) -> Explanation:
         """Prediction + Integrated-Gradients attribution (heatmap PNG and raw map); optionally on a PGD-attacked copy."""
+        client = ctx.request.client.host if ctx.request.client else "unknown"
+        try:
+            if attack_eps > 0:
+                self.explainer.admit_attack(client)
+            return await self.explainer.run(lambda: self._explain(image, baseline, attack_eps, attack_steps, map_size))
+        except ImageError as err:  # passed the header check, failed to decode
+            return _error(400, str(err), ctx)
+        except Busy as err:
+            self._metrics.explain_refused.labels(reason="rate" if "per client" in str(err) else "busy").inc()
+            return _error(429, str(err), ctx, headers={"Retry-After": "5"})
+        except DeadlineExceeded:
+            self._metrics.explain_refused.labels(reason="deadline").inc()
+            return _error(
+                503,
+                f"the explanation ran past its deadline of {SETTINGS.explain_deadline_seconds:g} s and was stopped; "
+                "ask for fewer attack_steps or no attack, or retry later",
+                ctx,
+            )
+
+    def _explain(self, image: Path, baseline: str, attack_eps: float, attack_steps: int, map_size: int) -> Explanation:
+        """The explanation itself, on an explanation thread (blocking; stopped by the deadline hook)."""
         import torch
 
         st = self._state
@@ -284,8 +380,8 @@ class RobustDx:
         pred = self._prediction(st, probs[0])
         # a fixed rule gives a bounded, predictable latency; captum runs on the BatchNorm-folded,
         # channels_last twin of the model (integrated_gradients' default fast=True)
-        attr = integrated_gradients(
-            st.bundle.model, x, baseline=baseline, n_steps=SETTINGS.ig_steps, internal_batch_size=SETTINGS.ig_steps
+        attr = integrated_gradients(  # chunks of 8 points: the deadline is checked between them
+            st.bundle.model, x, baseline=baseline, n_steps=SETTINGS.ig_steps, internal_batch_size=min(8, SETTINGS.ig_steps)
         )
         amap = attribution_map(attr.attributions)[0]
         pooled = F.adaptive_avg_pool2d(amap[None, None], min(map_size, amap.shape[-1]))[0, 0]
@@ -304,7 +400,6 @@ class RobustDx:
     @bentoml.api(route="/admin/reload")
     async def reload(self, ctx: bentoml.Context) -> ReloadResult:
         """Load the current production model (bearer token required); the old model serves until the swap."""
-        from robustdx.core.errors import BundleError
 
         token = SETTINGS.admin_token.get_secret_value()
         given = ctx.request.headers.get("authorization", "")
@@ -313,30 +408,74 @@ class RobustDx:
             return _error(401, "reload is disabled: the server has no ROBUSTDX_ADMIN_TOKEN", ctx)
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <ROBUSTDX_ADMIN_TOKEN>)", ctx)
-        async with self._reload_lock:
+        status, result = await asyncio.to_thread(self.reload_from_pointer)
+        if isinstance(result, str):
+            return _error(status, result, ctx)
+        ctx.response.metadata["x-reload-seconds"] = f"{result.seconds:.3f}"
+        return ReloadResult(reloaded=result.reloaded, tag=result.tag, version=result.version, previous_tag=result.previous_tag)
+
+    def reload_from_pointer(self) -> tuple[int, str | _Swap]:
+        """Load what the production pointer names, if it is not what is served; the old model keeps serving when
+        anything is wrong. Returns an HTTP status and the swap, or the reason it did not happen."""
+        if self.pinned:
+            return 409, f"this service is pinned to {self.pinned} by {ENV_MODEL_TAG}; unset it to follow the production pointer"
+        with self._swap_lock:
             old = self._state
             try:
-                pointer = read_production()
-                tag = pointer.tag if pointer is not None else resolve_tag()
+                tag, expected = _production()
             except (LookupError, ValueError) as err:
-                return _error(409, f"no production model to load: {err}", ctx)
+                return 409, f"no production model to load: {err}"
             if tag == old.tag:
-                return ReloadResult(reloaded=False, tag=tag, version=old.version, previous_tag=old.tag)
+                return 200, _Swap(False, tag, old.version, old.tag, 0.0)
             t0 = time.perf_counter()
             try:
-                new = await asyncio.to_thread(_load, tag)
-            except BundleError as err:
-                return _error(409, f"refused {tag}: {err}; still serving {old.tag}", ctx)
+                new = self._loaded(tag, expected)
             except bentoml.exceptions.NotFound:
-                return _error(409, f"refused {tag}: not in the model store; still serving {old.tag}", ctx)
-            except Exception as err:  # noqa: BLE001 - any load failure must leave the old model serving
-                return _error(409, f"refused {tag}: {type(err).__name__}: {err}; still serving {old.tag}", ctx)
+                return 409, f"refused {tag}: not in the model store; still serving {old.tag}"
+            except Exception as err:  # noqa: BLE001 - any load failure (BundleError included) leaves the old model serving
+                return 409, f"refused {tag}: {type(err).__name__}: {err}; still serving {old.tag}"
             self._state = new  # one reference swap: requests that already read the old state finish on it
-            await asyncio.to_thread(self._watch, new)  # deep-copies the model for the monitor: off the event loop
-            ctx.response.metadata["x-reload-seconds"] = f"{time.perf_counter() - t0:.3f}"
-            return ReloadResult(reloaded=True, tag=new.tag, version=new.version, previous_tag=old.tag)
+            self._watch(new)  # deep-copies the model for the monitor (a worker thread, off the event loop)
+            return 200, _Swap(True, new.tag, new.version, old.tag, time.perf_counter() - t0)
+
+    def _follow_pointer(self) -> None:
+        """Replicas converge on the production pointer by themselves: every ``pointer_poll_seconds`` a changed
+        pointer is loaded (a reload request reaches one replica; the others catch up here)."""
+        refused = None  # a pointer that failed to load is not retried until it changes
+        while True:
+            time.sleep(SETTINGS.pointer_poll_seconds)
+            try:
+                pointer = read_production()
+                if pointer is not None and pointer.tag != self._state.tag and pointer != refused:
+                    _status, result = self.reload_from_pointer()
+                    if isinstance(result, str):
+                        refused = pointer
+                        log.warning("production pointer moved to %s: %s", pointer.tag, result)
+                    else:
+                        log.info("production pointer moved to %s: now serving it", pointer.tag)
+            except Exception:  # noqa: BLE001 - the poller must outlive a bad pointer or a store hiccup
+                log.exception("robustdx pointer poller: reading the production pointer failed")
+
+
+@dataclass(frozen=True)
+class _Swap:
+    reloaded: bool
+    tag: str
+    version: str
+    previous_tag: str
+    seconds: float
+
+
+def _production() -> tuple[str, str | None]:
+    """The production pointer's tag and weights hash (LookupError when promotion has not written one)."""
+    pointer = read_production()
+    if pointer is None:
+        return resolve_tag(), None  # raises LookupError with the how-to
+    return pointer.tag, pointer.weights_sha256
 
 
 RobustDx.add_asgi_middleware(
-    EdgeGuard, routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": ()}, max_body=SETTINGS.max_body_bytes
+    EdgeGuard,
+    routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": ()},
+    limits=GuardLimits(SETTINGS.max_body_bytes, SETTINGS.body_timeout, SETTINGS.max_requests_per_client),
 )

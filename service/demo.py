@@ -81,12 +81,14 @@ def model_to_serve(bundle: Path | None, home: Path) -> str | None:
     """The tag to serve: ``bundle`` forced into production (no gates), else the production model (step 1).
 
     Prints what it chose; None (after printing the error) when there is no production model."""
+    from robustdx.core.release.bundle import weights_sha256
     from robustdx.core.release.pointer import force_production, resolve_tag
-    from robustdx.core.release.store import save_bundle_to_store
+    from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
 
     if bundle is not None:
         tag = save_bundle_to_store(bundle, home)
-        pointer = force_production(home, tag, reason=f"python -m robustdx.service.demo --bundle {bundle}")
+        sha = weights_sha256(load_bundle_from_store(tag, home))
+        pointer = force_production(home, tag, reason=f"python -m robustdx.service.demo --bundle {bundle}", weights_sha256=sha)
         print(f"put {tag} in production without the gates (previous: {pointer.previous}); BentoML home {home}")
         return tag
     try:

@@ -18,8 +18,11 @@ Every 4xx answer from the routes is rewritten to one JSON object ``{"error": "<w
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -61,18 +64,53 @@ def _explain(payload: Any, status: int) -> dict[str, Any]:
     return out
 
 
-class EdgeGuard:
-    """See the module docstring. ``routes`` maps an API path to the names of its file fields."""
+@dataclass(frozen=True)
+class GuardLimits:
+    """What one request may take: body size, time to send it, requests in flight per client address."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], routes: dict[str, tuple[str, ...]], max_body: int) -> None:
+    max_body: int
+    body_timeout: float = 10.0
+    per_client: int = 8
+
+
+class _TooLarge(Exception):
+    """The body passed the size limit while it was read."""
+
+
+class EdgeGuard:
+    """See the module docstring. ``routes`` maps an API path to the names of its file fields.
+
+    Besides the 4xx contract it keeps slow or greedy clients from exhausting the service's concurrency: a body
+    that does not arrive within ``limits.body_timeout`` seconds is answered 408 (a socket that sends only headers
+    would otherwise hold a slot until the request timeout), and one client address may have at most
+    ``limits.per_client`` requests in flight on these routes (429 beyond: one client cannot take every slot).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], routes: dict[str, tuple[str, ...]], limits: GuardLimits) -> None:
         self.app = app
         self.routes = routes
-        self.max_body = int(max_body)
+        self.limits = limits
+        self.max_body = int(limits.max_body)
+        self._in_flight: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.routes:
             await self.app(scope, receive, send)
             return
+        client = str((scope.get("client") or ("?",))[0])
+        if self._in_flight[client] >= self.limits.per_client:
+            busy = f"too many requests in flight from {client} (at most {self.limits.per_client}); retry when one has finished"
+            await self._send(send, *_json_response(429, busy))
+            return
+        self._in_flight[client] += 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self._in_flight[client] -= 1
+            if self._in_flight[client] <= 0:
+                del self._in_flight[client]
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") != "POST":
             await self._send(send, *_json_response(405, f"{scope.get('method')} not allowed on {scope['path']}: use POST"))
             return
@@ -85,19 +123,16 @@ class EdgeGuard:
             if int(length) > self.max_body:
                 await self._send(send, *_json_response(413, f"request body too large: {length} bytes > limit {self.max_body}"))
                 return
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await self._send(send, *_json_response(413, f"request body too large: more than {self.max_body} bytes"))
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
+        try:
+            chunks = await asyncio.wait_for(self._read_body(receive), timeout=self.limits.body_timeout)
+        except TimeoutError:
+            await self._send(send, *_json_response(408, f"request body not received within {self.limits.body_timeout:g} s"))
+            return
+        except _TooLarge:
+            await self._send(send, *_json_response(413, f"request body too large: more than {self.max_body} bytes"))
+            return
+        if chunks is None:  # the client went away
+            return
         body = b"".join(chunks)
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         problem = await self._check(scope, body, ctype, self.routes[scope["path"]])
@@ -115,6 +150,21 @@ class EdgeGuard:
             return await receive()
 
         await self.app(scope, replay, self._normalising(send))
+
+    async def _read_body(self, receive: Receive) -> list[bytes] | None:
+        """The body's chunks (None when the client disconnects); raises :class:`_TooLarge` past ``max_body``."""
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return chunks
 
     async def _check(self, scope: Scope, body: bytes, ctype: str, file_fields: tuple[str, ...]) -> tuple[Message, Message] | None:
         if ctype in JSON_TYPES:

@@ -7,8 +7,8 @@ place, and a bad value stops the service at start-up with a message naming the v
 ``ValueError`` — or, for the monitor's knobs, a background thread failing on every sample.
 
 Why loaded at import: :mod:`robustdx.service.app` builds ``SETTINGS = load_settings()`` when it is
-imported, because BentoML's decorators (``resources``, ``traffic.timeout``, ``batchable``,
-``max_batch_size``, ``max_latency_ms``) and the request schema (images per request) need the values
+imported, because BentoML's decorators (``resources``, ``traffic.timeout``) and the request schema
+(images per request, the /explain caps) need the values
 when the class is defined. So the environment is read once per process, like before; change a
 setting by restarting the service.
 
@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from robustdx.service.imaging import ImageLimits
 
 if TYPE_CHECKING:
+    from robustdx.service.explaining import ExplainLimits
     from robustdx.service.monitoring.monitor import MonitorSettings
 
 ENV_PREFIX = "ROBUSTDX_"
@@ -46,23 +47,46 @@ class ServiceSettings(BaseSettings):
     confidence_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="Below this top-class probability the answer is 'refer to clinician'."
     )
-    ig_steps: int = Field(32, ge=1, description="Integrated-Gradients steps of /explain (fixed rule).")
+    ig_steps: int = Field(
+        32,
+        ge=1,
+        le=512,
+        description="Integrated-Gradients steps of /explain (fixed rule; Gauss-Legendre nodes cost O(n^2) memory).",
+    )
+
+    # --- /explain: isolation, deadline and caps (service/explaining.py) ---
+    explain_workers: int = Field(1, ge=1, le=64, description="Threads that compute explanations (apart from /predict's).")
+    explain_queue: int = Field(1, ge=0, le=256, description="Explanations that may wait for a thread; beyond, 429 at once.")
+    explain_deadline_seconds: float = Field(
+        20.0, gt=0, le=600, description="An explanation running longer is stopped and answered 503 (checked between passes)."
+    )
+    explain_attacks_per_minute: float = Field(
+        6.0, ge=0, description="Explanations of an attacked copy (attack_eps > 0) per client a minute (burst 2); 429 beyond."
+    )
+    explain_max_attack_steps: int = Field(20, ge=1, le=200, description="Most PGD steps an /explain request may ask for.")
+    explain_max_map_size: int = Field(
+        64, ge=4, le=256, description="Largest raw attribution map side an /explain request may ask for."
+    )
 
     # --- request limits (the 4xx contract) ---
     max_image_bytes: int = Field(_LIMITS.max_bytes, ge=1, description="Largest accepted image file, in bytes.")
-    max_image_pixels: int = Field(_LIMITS.max_pixels, ge=1, description="Largest accepted image, width x height.")
-    max_body_bytes: int | None = Field(
-        None,
-        ge=1,
-        validate_default=True,
-        description="Largest request body in bytes (413 above); unset: 4 x max_image_bytes + 1 MiB.",
+    max_image_pixels: int = Field(
+        _LIMITS.max_pixels, ge=1, le=4096 * 4096, description="Largest accepted image, width x height (at most 4096²)."
     )
+    max_request_pixels: int = Field(
+        _LIMITS.max_request_pixels, ge=1, description="Most pixels all images of one request may have together."
+    )
+    max_body_bytes: int = Field(8 * _MIB, ge=1, description="Largest request body in bytes (413 above).")
     max_images_per_request: int = Field(16, ge=1, description="Most images one /predict request may carry.")
+    body_timeout: float = Field(10.0, gt=0, le=600, description="Seconds a client has to send its request body (408 after).")
+    max_requests_per_client: int = Field(
+        8, ge=1, description="Requests one client address may have in flight on the API routes (429 beyond)."
+    )
 
     # --- BentoML: batching, timeout, resources ---
-    batching: bool = Field(True, description="Adaptive batching of /predict across requests (0 turns it off).")
-    max_batch_size: int = Field(32, ge=1, description="Most images in one adaptive batch.")
-    max_latency_ms: int = Field(5000, ge=1, description="Latency budget of adaptive batching, in milliseconds.")
+    batching: bool = Field(True, description="Batch concurrent /predict requests into one forward pass (0 turns it off).")
+    max_batch_size: int = Field(32, ge=1, description="Most images in one forward pass of /predict.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode large uploads (small ones decode inline).")
     timeout: int = Field(60, ge=1, description="Request timeout in seconds.")
     cpu: str = Field("2", pattern=r"^\d+(\.\d+)?m?$", description="CPU resource of the service ('2', '0.5', '500m').")
 
@@ -77,20 +101,29 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0.0, description="Seconds between glibc malloc_trim calls of the monitor thread (0 = off)."
     )
 
+    pointer_poll_seconds: float = Field(
+        15.0, ge=0.0, description="Seconds between checks of the production pointer (a moved pointer is loaded; 0 = off)."
+    )
+
     # --- admin ---
     admin_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /admin/reload; empty disables reload (401).")
 
-    @field_validator("max_body_bytes")
-    @classmethod
-    def _body_default(cls, value: int | None, info: ValidationInfo) -> int | None:
-        """An unset body limit follows the image limit: four images plus 1 MiB of form overhead."""
-        if value is None and "max_image_bytes" in info.data:
-            return 4 * info.data["max_image_bytes"] + _MIB
-        return value
-
     def image_limits(self) -> ImageLimits:
         """The per-image limits checked while a request is parsed."""
-        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+        return ImageLimits(
+            max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels
+        )
+
+    def explain_limits(self) -> ExplainLimits:
+        """Admission, deadline and attack rate of /explain."""
+        from robustdx.service.explaining import ExplainLimits
+
+        return ExplainLimits(
+            workers=self.explain_workers,
+            queue=self.explain_queue,
+            deadline_seconds=self.explain_deadline_seconds,
+            attacks_per_minute=self.explain_attacks_per_minute,
+        )
 
     def monitor_settings(self) -> MonitorSettings:
         """The background monitor's settings (its other knobs keep their defaults)."""

@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,8 +152,10 @@ def clean_scores(model: nn.Module, data: EvalItems, n_classes: int, exp: Experim
         "n": int(len(labels)),
         "acc": st.proportion(int((pred == labels).sum()), len(labels)).to_json(),
         "recall": [r.to_json() for r in st.per_class_recall(pred, labels, n_classes)],
-        "bal_acc": {"value": st.balanced_accuracy(pred, labels, n_classes),
-                    "ci": list(st.balanced_accuracy_ci(pred, labels, n_classes, n_boot=exp.n_boot, seed=seed))},  # fmt: skip
+        "bal_acc": {
+            "value": st.balanced_accuracy(pred, labels, n_classes),
+            "ci": list(st.balanced_accuracy_ci(pred, labels, n_classes, n_boot=exp.n_boot, seed=seed)),
+        },  # fmt: skip
         "ece": ev.expected_calibration_error(probs, labels),
     }
     if n_classes == 2 and len(np.unique(labels)) == 2:
@@ -305,4 +308,3 @@ def attack_grid_models(exp: ExperimentConfig, base: RunConfig, recipes: list[Rec
     fold = 0 if exp.folds else None
     chosen = exp.recipes if recipes is None else recipes
     return {str(r): load_bundle(cell_config(base, exp, r, exp.seeds[0], fold).run_dir / "bundle").model for r in chosen}
-

@@ -63,7 +63,12 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        return self.manifest["files"][WEIGHTS]["sha256"][:12]
+        return weights_sha256(self)[:12]
+
+
+def weights_sha256(bundle: Bundle) -> str:
+    """The SHA-256 of the bundle's weights file (from its verified manifest): what the production pointer pins."""
+    return str(bundle.manifest["files"][WEIGHTS]["sha256"])
 
 
 def save_bundle(

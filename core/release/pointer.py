@@ -41,11 +41,14 @@ class PointerError(ValueError):
 
 @dataclass(frozen=True)
 class Pointer:
-    """The production pointer: the exact model tag to serve and the one it replaced."""
+    """The production pointer: the exact model tag to serve, the one it replaced, and the SHA-256 of the weights
+    promotion checked — so whoever can write the model store but not the pointer cannot swap the weights (and
+    their manifest) under the same tag: the service refuses a bundle whose weights do not match."""
 
     tag: str
     previous: str | None
     updated: str
+    weights_sha256: str | None = None
 
 
 def bentoml_home(home: Path | str | None = None) -> Path:
@@ -81,13 +84,17 @@ def read_production(home: Path | str | None = None) -> Pointer | None:
     except (OSError, json.JSONDecodeError) as err:
         raise PointerError(f"{path}: unreadable production pointer ({err})") from None
     try:
-        return Pointer(tag=_check_tag(raw["tag"]), previous=raw.get("previous"), updated=str(raw.get("updated", "")))
+        sha = raw.get("weights_sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}")
+        return Pointer(_check_tag(raw["tag"]), raw.get("previous"), str(raw.get("updated", "")), sha)
     except (KeyError, TypeError, ValueError) as err:
         raise PointerError(f"{path}: invalid production pointer ({err})") from None
 
 
-def write_production(home: Path | str | None, tag: str) -> Pointer:
-    """Point production at ``tag`` (atomically); the old tag becomes ``previous`` (rollback target)."""
+def write_production(home: Path | str | None, tag: str, weights_sha256: str | None = None) -> Pointer:
+    """Point production at ``tag`` (atomically); the old tag becomes ``previous`` (rollback target), and the
+    weights' SHA-256, when given, ties the pointer to the exact weights the service may load."""
     tag = _check_tag(tag)
     path = pointer_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def write_production(home: Path | str | None, tag: str) -> Pointer:
     except PointerError:
         old = None
     previous = old.previous if old is not None and old.tag == tag else (old.tag if old else None)
-    pointer = Pointer(tag=tag, previous=previous, updated=datetime.now(UTC).isoformat())
+    pointer = Pointer(tag=tag, previous=previous, updated=datetime.now(UTC).isoformat(), weights_sha256=weights_sha256)
     fd, tmp = tempfile.mkstemp(prefix=".production.", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -160,7 +167,9 @@ def append_audit(home: Path | str | None, record: dict[str, Any]) -> Path:
     return path
 
 
-def force_production(home: Path | str | None, tag: str, reason: str, lock_timeout: float = 900.0) -> Pointer:
+def force_production(
+    home: Path | str | None, tag: str, reason: str, weights_sha256: str | None = None, lock_timeout: float = 900.0
+) -> Pointer:
     """Point production at ``tag`` *without the promotion gates*, under the promotion lock, and record it.
 
     Why: putting a bundle straight in production (``python -m robustdx.service.demo --bundle``) is a
@@ -173,7 +182,7 @@ def force_production(home: Path | str | None, tag: str, reason: str, lock_timeou
         TimeoutError: another promotion held the lock for ``lock_timeout`` seconds.
     """
     with promotion_lock(home, lock_timeout):
-        pointer = write_production(home, tag)
+        pointer = write_production(home, tag, weights_sha256)
         append_audit(home, {"action": "forced", "tag": pointer.tag, "previous": pointer.previous, "reason": reason})
     return pointer
 

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from robustdx.core import contracts as names
 
 _PROB_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _DELTA_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 _LOCK = threading.Lock()
 _METRICS: Metrics | None = None
@@ -41,7 +42,12 @@ class Metrics:
     robust_margin: Gauge
     robust_samples: Counter
     ig_delta: Histogram
+    heartbeat: Gauge
+    monitor_errors: Counter
+    monitor_dropped: Counter
     model_info: Gauge
+    batch_size: Histogram
+    explain_refused: Counter
 
 
 def metrics() -> Metrics:
@@ -69,6 +75,13 @@ def metrics() -> Metrics:
                 robust_margin=gauge(names.ROBUST_MARGIN),
                 robust_samples=Counter(names.ROBUST_SAMPLES, d[names.ROBUST_SAMPLES]),
                 ig_delta=Histogram(names.IG_DELTA, d[names.IG_DELTA], buckets=_DELTA_BUCKETS),
+                heartbeat=gauge(names.MONITOR_HEARTBEAT),
+                monitor_errors=Counter(names.MONITOR_ERRORS, d[names.MONITOR_ERRORS]),
+                monitor_dropped=Counter(names.MONITOR_DROPPED, d[names.MONITOR_DROPPED]),
                 model_info=gauge(names.MODEL_INFO, names.INFO_LABELS),
+                batch_size=Histogram(names.BATCH_SIZE, d[names.BATCH_SIZE], buckets=_BATCH_BUCKETS),
+                explain_refused=Counter(names.EXPLAIN_REFUSED, d[names.EXPLAIN_REFUSED], [names.LABEL_REASON]),
             )
+            for reason in ("busy", "rate", "deadline"):  # exported at 0 from the start: rate() needs a first sample
+                _METRICS.explain_refused.labels(reason=reason)
         return _METRICS

@@ -126,8 +126,14 @@ class Monitor:
             self._info = info
             self.m.model_info.labels(**info).set(1)
 
-    def observe(self, classes: list[str], probs: Tensor, embeddings: Tensor, images: Tensor, threshold: float) -> None:
-        """Record one batch of predictions (request path: counters and buffer appends only)."""
+    def observe(
+        self, classes: list[str], probs: Tensor, embeddings: Tensor, images: Tensor, threshold: float, version: str | None = None
+    ) -> None:
+        """Record one batch of predictions (request path: counters and buffer appends only).
+
+        ``version`` is the version of the model that computed them: a batch computed by a model that a reload
+        has replaced in the meantime is counted but not buffered (its embeddings would not fit the new
+        reference — a different architecture would not even stack with the window)."""
         top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
         conf = top2[:, 0]
         margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else top2[:, 0]
@@ -139,6 +145,9 @@ class Monitor:
                 self.m.referrals.inc()
         rate = self.settings.robust_sample_rate
         with self._cv:
+            if version is not None and self._info is not None and version != self._info.get("version"):
+                self.m.monitor_dropped.inc(len(probs))
+                return
             for i in range(len(probs)):
                 self._emb.append(embeddings[i].detach().float().cpu().clone())  # no view: keeps no batch alive
                 self._score.append(float(probs[i, -1]))
@@ -158,10 +167,13 @@ class Monitor:
 
     # ---- background thread -----------------------------------------------------------------
     def _run(self) -> None:
+        """The loop: every turn sets the heartbeat gauge, and no exception ends it (a turn that fails is counted
+        and logged), so a dead monitor shows as a stale heartbeat instead of silently frozen gauges."""
         torch.set_num_threads(1)  # leave the cores to the request path
         trim = _malloc_trim()
         last_trim = time.monotonic()
         while True:
+            self.m.heartbeat.set(time.time())
             with self._cv:
                 self._cv.wait_for(lambda: self._stop or self._drift_due() or bool(self._images), timeout=5.0)
                 if self._stop:
@@ -169,22 +181,27 @@ class Monitor:
             if trim is not None and self.settings.trim_seconds > 0 and time.monotonic() - last_trim > self.settings.trim_seconds:
                 trim(0)
                 last_trim = time.monotonic()
-            with self._cv:
-                drift_job = self._drift_snapshot() if self._drift_due() else None
-                images = [self._images.popleft() for _ in range(min(len(self._images), self.settings.robust_batch))]
-                model, eps = self._model, self._eps
-                self._busy = True
             try:
-                if drift_job is not None:
-                    self._compute_drift(*drift_job)
-                if images and model is not None:
-                    self._compute_robustness(model, torch.stack(images), eps)
-            except Exception:  # a monitoring failure must never take the service down
+                self._turn()
+            except Exception:  # a monitoring failure must never take the service (or the monitor) down
                 self.errors += 1
+                self.m.monitor_errors.inc()
                 log.exception("robustdx monitor: metric computation failed")
             finally:
                 with self._cv:
                     self._busy = False
+
+    def _turn(self) -> None:
+        """One turn's work: a drift computation when due, a batch of the robustness probe."""
+        with self._cv:
+            self._busy = True
+            drift_job = self._drift_snapshot() if self._drift_due() else None
+            images = [self._images.popleft() for _ in range(min(len(self._images), self.settings.robust_batch))]
+            model, eps = self._model, self._eps
+        if drift_job is not None:
+            self._compute_drift(*drift_job)
+        if images and model is not None:
+            self._compute_robustness(model, torch.stack(images), eps)
 
     def _drift_due(self) -> bool:
         s = self.settings

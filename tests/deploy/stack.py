@@ -501,7 +501,9 @@ def alert_pipeline(
     second, a real Alertmanager with the shipped routing (group_wait 1 s) posting to the receiver
     process, which emits into the session's Prefect server."""
     work = tmp_path_factory.mktemp("alert_pipeline")
-    am = start_alertmanager(monitoring_tools, local_alertmanager_config(f"{alert_receiver.url}/alerts", alert_token_file), work / "alertmanager")
+    am = start_alertmanager(
+        monitoring_tools, local_alertmanager_config(f"{alert_receiver.url}/alerts", alert_token_file), work / "alertmanager"
+    )
     try:
         rules = [RULES_DIR / "recording.yml", fast_alert_rules(work)]
         with live_prometheus(

@@ -206,7 +206,9 @@ def test_network_policies_deny_by_default_and_open_only_what_is_used() -> None:
         for rule in (r for p in allowed for r in p["spec"]["ingress"]):
             assert {p["port"] for p in rule.get("ports", [])} <= ports
     receiver = one("NetworkPolicy", "robustdx-alert-receiver")["spec"]["ingress"]
-    assert [r["from"] for r in receiver] == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
+    assert [r["from"] for r in receiver] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    ]
     ray = one("NetworkPolicy", "robustdx-ray")["spec"]
     assert ray["podSelector"]["matchLabels"] == {"ray.io/cluster": one("RayCluster", "robustdx")["metadata"]["name"]}
     assert all("namespaceSelector" in src or src == {"podSelector": {}} for r in ray["ingress"] for src in r["from"])

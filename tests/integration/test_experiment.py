@@ -35,8 +35,13 @@ def _experiment(tmp_path: Path, base: dict[str, Any], **over: Any) -> Path:
 
 def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camelyon_root: Path, tmp_path: Path) -> None:
     exp, base = load_experiment(
-        _experiment(tmp_path, tiny_raw(camelyon_root, tmp_path / "unused"), recipes=["ce", "adv_supcon_ft"], seeds=[0, 1],
-                    budget={"passes": 4})  # fmt: skip
+        _experiment(
+            tmp_path,
+            tiny_raw(camelyon_root, tmp_path / "unused"),
+            recipes=["ce", "adv_supcon_ft"],
+            seeds=[0, 1],
+            budget={"passes": 4},
+        )  # fmt: skip
     )
     log: list[str] = []
     report = run_experiment(exp, base, log=log.append)

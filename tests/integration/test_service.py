@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import random
 import re
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from robustdx.core.util import wait_until
 from tests.deploy.stack import stain_patch
 from tests.integration.service_harness import Server, png_bytes
 from tests.support.configs import tiny_raw
+from tests.support.hostile import fuzz_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,6 +72,7 @@ def server(store: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
         "ROBUSTDX_DRIFT_WINDOW": "32",
         "ROBUSTDX_DRIFT_EVERY": "8",
         "ROBUSTDX_CPU": "1",
+        "ROBUSTDX_POINTER_POLL_SECONDS": "0",  # reloads here only through /admin/reload (the poller: its own tests)
     }
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with Server(env, log) as srv:
@@ -241,6 +241,9 @@ def test_bad_predict_input_is_4xx_json(client: httpx.Client, case: str) -> None:
         {"map_size": "0"},
         {"baseline": "zeros"},
         {"attack_steps": "1000"},
+        {"attack_steps": "21"},  # the default caps: 20 PGD steps, 64 px maps, 16/255
+        {"map_size": "65"},
+        {"attack_eps": "0.07"},
     ],
 )
 def test_out_of_range_explain_options_are_400(client: httpx.Client, options: dict) -> None:
@@ -255,91 +258,8 @@ def test_wrong_method_is_405(client: httpx.Client) -> None:
 # ------------------------------------------------------------------------------------------------
 # fuzz: >= 1,000 malformed requests, zero 5xx, still healthy
 # ------------------------------------------------------------------------------------------------
-def _fuzz_requests(n: int, seed: int = 0) -> list[dict]:
-    rnd = random.Random(seed)
-    good = patch_png(11)
-    ctypes = [
-        None,
-        "application/json",
-        "text/plain",
-        "image/png",
-        "multipart/form-data",
-        "multipart/form-data; boundary=b",
-        "application/octet-stream",
-        "application/vnd.bentoml+pickle",
-        "x/y; charset=\x7f",
-        "",
-    ]
-
-    def mutate(b: bytes) -> bytes:
-        a = bytearray(b)
-        op = rnd.randrange(4)
-        if op == 0:
-            return bytes(a[: rnd.randrange(len(a))])
-        if op == 1:
-            for _ in range(rnd.randint(1, 20)):
-                a[rnd.randrange(len(a))] = rnd.randrange(256)
-            return bytes(a)
-        if op == 2:  # a PNG whose IHDR claims a huge size (with a valid CRC)
-            w, h = rnd.choice([(100_000, 100_000), (1, 10**7), (0, 0), (2**31 - 1, 1)])
-            ihdr = b"IHDR" + w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes(a[24:29])
-            return bytes(a[:12]) + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + bytes(a[33:])
-        return rnd.randbytes(rnd.randint(0, 300))
-
-    out = []
-    for i in range(n):
-        kind = i % 8
-        path = rnd.choice(["/predict", "/predict", "/explain", "/admin/reload"])
-        field = "image" if path == "/explain" else "images"
-        if kind == 0:  # random body, random content type
-            headers = {} if (ct := rnd.choice(ctypes)) is None else {"content-type": ct}
-            out.append({"path": path, "content": rnd.randbytes(rnd.randint(0, 400)), "headers": headers})
-        elif kind in (1, 2, 3):  # multipart with a damaged image
-            ptype = rnd.choice(["image/png", "image/jpeg", "application/octet-stream", "text/plain", "image/*"])
-            out.append(
-                {
-                    "path": path,
-                    "files": [(field, (rnd.choice(["a.png", "x" * 300, "", "../../etc/passwd"]), mutate(good), ptype))],
-                }
-            )
-        elif kind == 4:  # random JSON documents
-            doc = rnd.choice(
-                [
-                    {field: rnd.randint(-5, 5)},
-                    {field: ["aGk="]},
-                    [],
-                    "x",
-                    None,
-                    {field: {"a": 1}},
-                    {field: "http://127.0.0.1:1/a.png"},
-                    {"attack_eps": 1e308},
-                    json.loads("[" * 50 + "]" * 50),
-                ]
-            )
-            out.append({"path": path, "content": json.dumps(doc).encode(), "headers": {"content-type": "application/json"}})
-        elif kind == 5:  # deeply nested / broken JSON
-            depth = rnd.choice([10, 1000, 100_000])
-            out.append(
-                {"path": path, "content": b"[" * depth + rnd.randbytes(3), "headers": {"content-type": "application/json"}}
-            )
-        elif kind == 6:  # explain with hostile options on a damaged image
-            opts = {
-                rnd.choice(["attack_eps", "map_size", "baseline", "attack_steps", "zzz"]): rnd.choice(
-                    ["-1", "nan", "inf", "1e9", "", "[]", "{}", "\x00"]
-                )
-            }
-            out.append({"path": "/explain", "files": [("image", ("a.png", mutate(good), "image/png"))], "data": opts})
-        else:  # broken multipart framing
-            boundary = rnd.choice(["b", "x" * 80, ""])
-            body = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="a.png"\r\n'.encode() + mutate(good)
-            if rnd.random() < 0.5:
-                body += f"\r\n--{boundary}--\r\n".encode()
-            out.append({"path": path, "content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}})
-    return out
-
-
 def test_fuzz_malformed_requests_never_5xx(server: Server, client: httpx.Client) -> None:
-    cases = _fuzz_requests(1040)
+    cases = fuzz_requests(1040, patch_png(11))
     local = threading.local()
 
     def send(case: dict) -> int:
@@ -456,6 +376,102 @@ def test_reload_under_load_then_refuse_tampered_bundle(server: Server, client: h
     assert client.get("/model").json()["tag"] == store["b"]
     assert predict(client, patch_png(1)).json()[0]["model_version"] == v_b
     write_production(store["home"], store["b"])
+
+
+def _served(url: str) -> str:
+    return httpx.get(f"{url}/model", timeout=10).json()["tag"]
+
+
+def test_replicas_follow_the_pointer_and_refuse_weights_it_does_not_name(store: dict[str, str], tmp_path: Path) -> None:
+    """A second replica, never called on /admin/reload, converges on a moved pointer by itself; a pointer whose
+    weights hash is not the stored bundle's (the store altered after promotion) is refused and the old model kept."""
+    from robustdx.core.release.bundle import weights_sha256
+    from robustdx.core.release.store import load_bundle_from_store
+
+    home = store["home"]
+    sha = {t: weights_sha256(load_bundle_from_store(store[t], home)) for t in ("a", "b")}
+    write_production(home, store["a"], sha["a"])
+    env = {"BENTOML_HOME": home, "ROBUSTDX_POINTER_POLL_SECONDS": "0.5", "ROBUSTDX_CPU": "1"}
+    with Server(env, tmp_path / "replica.log") as replica:
+        assert _served(replica.url) == store["a"]
+        write_production(home, store["b"], sha["b"])
+        wait_until(lambda: _served(replica.url), 30, "the replica to load the moved pointer", ok=lambda t: t == store["b"])
+        write_production(home, store["a"], sha["b"])  # tag a, but b's weights hash: not what the store holds for a
+        time.sleep(2.5)
+        card = httpx.get(f"{replica.url}/model", timeout=10).json()
+        assert card["tag"] == store["b"] and card["production_pointer"]["serving_it"] is False
+        assert "are not the ones the production pointer names" in replica.tail(20_000)
+    write_production(home, store["b"])
+
+
+def test_a_pinned_tag_is_not_replaced_by_the_pointer(store: dict[str, str], tmp_path: Path) -> None:
+    env = {"BENTOML_HOME": store["home"], "ROBUSTDX_MODEL_TAG": store["a"], "ROBUSTDX_ADMIN_TOKEN": TOKEN, "ROBUSTDX_CPU": "1"}
+    write_production(store["home"], store["b"])
+    with Server(env, tmp_path / "pinned.log") as pinned:
+        r = httpx.post(f"{pinned.url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        body = assert_4xx_json(r, 409)
+        assert "pinned to" in body["error"] and "ROBUSTDX_MODEL_TAG" in body["error"]
+        assert _served(pinned.url) == store["a"] and httpx.get(f"{pinned.url}/model").json()["pinned_by_env"] == store["a"]
+
+
+def _explain(url: str, attack: bool = False) -> httpx.Response:
+    data = {"attack_eps": "0.0157", "attack_steps": "5"} if attack else {}
+    return httpx.post(f"{url}/explain", files={"image": ("x.png", patch_png(3), "image/png")}, data=data, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def heavy_home(camelyon_root: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A BentoML home of its own (its 503s must not reach the main server's metrics, which live in the home)
+    serving a ResNet-18 at 96 px (three training steps): an explanation with 512 IG steps takes many seconds."""
+    home, runs = tmp_path_factory.mktemp("heavy_home"), tmp_path_factory.mktemp("heavy_runs")
+    raw = tiny_raw(
+        camelyon_root, runs, name="svc_heavy", recipe="ce", model={"arch": "resnet18", "proj_dim": 16, "head_hidden": 16}
+    )
+    raw["data"]["image_size"] = 96
+    raw["finetune"] = {"epochs": 1, "lr": 0.003, "max_steps_per_epoch": 3}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(home))
+        from robustdx.core.release.store import save_bundle_to_store
+
+        write_production(home, save_bundle_to_store(run_recipe(parse_config(raw)).bundle, home))
+    return str(home)
+
+
+def test_explain_never_holds_predict_and_stops_at_its_deadline(heavy_home: str, tmp_path: Path) -> None:
+    """An explanation that would compute for many seconds (ResNet-18, 512 IG steps): /predict and /livez
+    answer while it runs, a second explanation is refused at once (429), the first is stopped at its 2 s
+    deadline (503, not the request timeout) and its thread is free for the next one; attacked-copy
+    explanations are rate-limited per client."""
+    env = {
+        "BENTOML_HOME": heavy_home,
+        "ROBUSTDX_CPU": "1",
+        "ROBUSTDX_IG_STEPS": "512",
+        "ROBUSTDX_EXPLAIN_DEADLINE_SECONDS": "2",
+        "ROBUSTDX_EXPLAIN_QUEUE": "0",
+        "ROBUSTDX_EXPLAIN_ATTACKS_PER_MINUTE": "1",
+    }
+    with Server(env, tmp_path / "explain.log") as srv, ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        slow = pool.submit(_explain, srv.url)
+        time.sleep(0.8)
+        for _ in range(3):
+            t = time.perf_counter()
+            assert httpx.get(f"{srv.url}/livez", timeout=10).status_code == 200
+            r = httpx.post(f"{srv.url}/predict", files=[("images", ("p.png", patch_png(1), "image/png"))], timeout=30)
+            assert r.status_code == 200 and time.perf_counter() - t < 2.0, (r.status_code, time.perf_counter() - t)
+        t = time.perf_counter()
+        busy = assert_4xx_json(_explain(srv.url), 429)
+        assert "already running" in busy["error"] and time.perf_counter() - t < 2.0
+        r = slow.result(timeout=60)
+        assert r.status_code == 503 and "deadline of 2 s" in r.json()["error"], r.text[:300]
+        assert time.perf_counter() - t0 < 15, "stopped at its deadline, not at the request timeout"
+        r = _explain(srv.url)  # queue 0: admitted only because the stopped explanation freed its thread
+        assert r.status_code == 503 and "deadline" in r.json()["error"]
+        # attacked copies: burst 2, then 1 a minute for this client
+        codes = [_explain(srv.url, attack=True) for _ in range(3)]
+        assert [c.status_code for c in codes[:2]] == [503, 503]
+        limited = assert_4xx_json(codes[2], 429)
+        assert "a minute per client" in limited["error"] and codes[2].headers["retry-after"]
 
 
 def test_no_5xx_was_ever_served(client: httpx.Client) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from robustdx.service.guard import EdgeGuard
+from robustdx.service.guard import EdgeGuard, GuardLimits
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +62,7 @@ def call(
         "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()],
         "query_string": b"",
     }
-    asyncio.run(EdgeGuard(app, ROUTES, max_body=1000)(scope, receive, send))
+    asyncio.run(EdgeGuard(app, ROUTES, GuardLimits(max_body=1000))(scope, receive, send))
     start, *bodies = sent
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, b"".join(b["body"] for b in bodies)
 
@@ -171,3 +172,55 @@ def test_the_apps_4xx_answers_become_one_json_object(payload: Any, expected: str
 def test_a_non_json_4xx_answer_is_wrapped() -> None:
     app = Echo(status=400, body=b"plain text problem")
     assert error(*call(app, "POST", "/admin/reload", b"", {"content-type": "application/json"}), 400) == "plain text problem"
+
+
+# ------------------------------------------------------------------------------------- slow and greedy clients
+def _scope(client: str = "10.0.0.1") -> dict:
+    return {"type": "http", "method": "POST", "path": "/predict", "client": (client, 5000), "query_string": b"",
+            "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+
+
+def test_a_body_that_never_arrives_is_answered_408() -> None:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)  # a client that sent its headers and nothing else
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    guard = EdgeGuard(Echo(), ROUTES, GuardLimits(max_body=1000, body_timeout=0.2))
+    asyncio.run(asyncio.wait_for(guard(_scope(), receive, send), timeout=5))
+    assert sent[0]["status"] == 408 and b"not received within 0.2 s" in sent[1]["body"]
+    assert not guard._in_flight  # the slot is given back
+
+
+def test_one_client_cannot_take_every_slot() -> None:
+    async def scenario() -> list[int]:
+        gate = asyncio.Event()
+        statuses: list[int] = []
+
+        async def slow_receive() -> dict:
+            await gate.wait()
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        def sender() -> Callable[[dict], Awaitable[None]]:
+            async def send(msg: dict) -> None:
+                if msg["type"] == "http.response.start":
+                    statuses.append(msg["status"])
+
+            return send
+
+        guard = EdgeGuard(Echo(), ROUTES, GuardLimits(max_body=1000, per_client=2))
+        held = [asyncio.create_task(guard(_scope(), slow_receive, sender())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        await guard(_scope(), slow_receive, sender())  # a third from the same address: refused at once
+        other = asyncio.create_task(guard(_scope("10.0.0.2"), slow_receive, sender()))  # another address: admitted
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(*held, other)
+        return statuses
+
+    statuses = asyncio.run(scenario())
+    assert statuses[0] == 429 and sorted(statuses[1:]) == [200, 200, 200]

@@ -12,17 +12,20 @@ from robustdx.service.settings import ServiceSettings, SettingsError, env_name, 
 
 pytestmark = pytest.mark.unit
 
-# the values service/app.py used before the settings model (os.environ.get(name, default))
+# the defaults: what service/app.py used before the settings model, except the upload limits, tightened so
+# that no cheap request can stall the service (a 2048² cap for models of 32-224 px, 8 MiB bodies), and the
+# batching knobs of service/batching.py (max_latency_ms belonged to BentoML's batching, which is gone)
 OLD_DEFAULTS = {
     "confidence_threshold": 0.7,
     "ig_steps": 32,
-    "max_image_bytes": 10 * 1024 * 1024,
-    "max_image_pixels": 4096 * 4096,
-    "max_body_bytes": 4 * 10 * 1024 * 1024 + (1 << 20),
+    "max_image_bytes": 4 * 1024 * 1024,
+    "max_image_pixels": 2048 * 2048,
+    "max_request_pixels": 4 * 2048 * 2048,
+    "max_body_bytes": 8 * 1024 * 1024,
     "max_images_per_request": 16,
     "batching": True,
     "max_batch_size": 32,
-    "max_latency_ms": 5000,
+    "decode_workers": 2,
     "timeout": 60,
     "cpu": "2",
     "robust_sample_rate": 0.1,
@@ -78,8 +81,8 @@ def test_environment_overrides_are_parsed(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(k, v)
     s = load_settings()
     assert (s.batching, s.max_batch_size, s.cpu, s.confidence_threshold) == (False, 8, "500m", 0.9)
-    assert s.max_body_bytes == 4 * 1000 + (1 << 20)  # the body limit follows the image limit when unset
-    assert s.image_limits() == ImageLimits(max_bytes=1000, max_pixels=4096)
+    assert s.max_body_bytes == 8 * 1024 * 1024
+    assert s.image_limits() == ImageLimits(max_bytes=1000, max_pixels=4096, max_request_pixels=4 * 2048 * 2048)
     m = s.monitor_settings()
     assert (m.window, m.min_window, m.robust_sample_rate, m.trim_seconds) == (8, 8, 1.0, 0.0)
     assert s.admin_token.get_secret_value() == "s3cret-token" and "s3cret" not in repr(s)

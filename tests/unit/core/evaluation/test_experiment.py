@@ -47,7 +47,11 @@ def test_cells_cover_recipes_seeds_and_folds(tmp_path: Path) -> None:
     cfg = cell_config(base, exp, Recipe.CE, 1, 2)
     assert (cfg.data.cv_folds, cfg.data.cv_fold, cfg.data.n_test, cfg.name) == (3, 2, None, "ce-s1-f2")
     assert cfg.run_dir == tmp_path / "t" / "runs" / "ce-s1-f2"
-    assert cells_of(exp.model_copy(update={"folds": None}))[:3] == [(Recipe.CE, 0, None), (Recipe.ADV_CE, 0, None), (Recipe.CE, 1, None)]
+    assert cells_of(exp.model_copy(update={"folds": None}))[:3] == [
+        (Recipe.CE, 0, None),
+        (Recipe.ADV_CE, 0, None),
+        (Recipe.CE, 1, None),
+    ]
 
 
 def test_experiments_score_classifiers_only(tmp_path: Path) -> None:

@@ -119,3 +119,30 @@ def test_close_stops_the_thread() -> None:
     m.close()
     m._thread.join(10)
     assert not m._thread.is_alive()
+
+
+def test_samples_of_a_replaced_model_are_dropped_not_mixed(monitor: Monitor) -> None:
+    """A batch computed by the old model that arrives after a reload to another architecture: counted, not buffered."""
+    dropped = sample(names.MONITOR_DROPPED + "_total")
+    monitor.set_model(tiny_model(), reference(dim=6), eps=2 / 255, info={**INFO, "version": "w"})
+    probs, emb, images = batch(8, dim=4)  # the old model's 4-d embeddings
+    monitor.observe(CLASSES, probs, emb, images, 0.7, version="v")
+    assert sample(names.MONITOR_DROPPED + "_total") == dropped + 8
+    assert monitor.snapshot()["window"] == 0
+    probs, emb, images = batch(8, dim=6)
+    monitor.observe(CLASSES, probs, emb, images, 0.7, version="w")
+    assert settled(monitor)["drift_runs"] >= 1 and monitor.snapshot()["errors"] == 0
+
+
+def test_a_failing_turn_is_counted_and_the_loop_keeps_its_heartbeat(monitor: Monitor) -> None:
+    errors = sample(names.MONITOR_ERRORS + "_total")
+    probs, emb, images = batch(7, dim=4)
+    monitor.observe(CLASSES, probs, emb, images, 0.7)
+    with monitor._cv:  # a window that cannot be stacked (what a mixed-architecture window used to be)
+        monitor._emb.append(torch.zeros(5))
+    probs, emb, images = batch(8, dim=4)
+    monitor.observe(CLASSES, probs, emb, images, 0.7)
+    wait_until(lambda: sample(names.MONITOR_ERRORS + "_total") > errors, timeout=30, what="the failure to be counted")
+    beat = sample(names.MONITOR_HEARTBEAT)
+    assert monitor._thread.is_alive()
+    wait_until(lambda: sample(names.MONITOR_HEARTBEAT) > beat, timeout=30, what="the next heartbeat", interval=0.5)
