@@ -1,22 +1,27 @@
-"""/predict throughput and latency of the BentoML service with batching vs batching off.
+"""/predict throughput of the BentoML service with batching vs batching off, its overhead over the bare model,
+and whether its memory grows under load.
 
-Both sides run in the same invocation against a real ``bentoml serve`` on 127.0.0.1 (a fresh
-server per side, same bundle, same images, same client): ``ROBUSTDX_BATCHING=1`` (requests that arrive
-while the model is busy share the next forward pass, up to ``ROBUSTDX_MAX_BATCH_SIZE`` images;
-``service/batching.py``) and ``ROBUSTDX_BATCHING=0`` (one forward pass per request). The load generator is an asyncio client with
-a fixed number of requests in flight, bounded by a request count *and* a time limit; one PNG per
-request. The batching side also measures the service worker's RSS after a warm-up and again after
-``--requests`` (10,000 by default) requests: the memory-leak check. Each RSS reading is taken after
-``--settle`` idle seconds (the worker returns freed heap pages to the OS every 10 s, see
-``robustdx.service.monitoring.monitor._malloc_trim``); the reading right after the load is recorded too.
+Both sides run in the same invocation against real ``bentoml serve`` processes on 127.0.0.1 (one per side,
+same bundle, same images, same client, both started before the first timed run): ``ROBUSTDX_BATCHING=1``
+(requests that arrive while the model is busy share the next forward pass, up to ``ROBUSTDX_MAX_BATCH_SIZE``
+images; ``service/batching.py``) and ``ROBUSTDX_BATCHING=0`` (one forward pass per request). The load
+generator is an asyncio client with ``--concurrency`` requests in flight, one PNG per request.
 
-The default model is a ResNet-18 at 96 px with random weights, saved as a bundle into a temporary
-BentoML home (serving cost does not depend on the weights' values); ``--bundle`` serves a real
-bundle instead. The background robustness probe is set to ``--robust-sample-rate`` (default 0.01) on
-both sides. Results go to ``benchmarks/results/serve_load.json``.
+* **Throughput**: ``--runs`` timed runs per side, interleaved (A B B A A B ...), ``--requests`` each; the
+  median and spread per side, the goal being a median ratio of at least 3x.
+* **Overhead**: the bare model (same weights, no HTTP, no decoding) on random tensors at the batch size the
+  service formed (its mean, rounded), timed in this process between the runs; the goal being that the
+  service's batched images/s reach at least 70 % of it.
+* **Memory**: after the throughput runs, ``--rss-requests`` (20,000) more requests on the batching server,
+  the worker's RSS read every 1,000 (the same pid checked each time); the least-squares slope after the
+  first quarter must be below 1 MB per 1,000 requests. The servers run with ``ROBUSTDX_MALLOC_TRIM_SECONDS=0``
+  so the goal cannot be met by a timed heap trim.
 
-    python benchmarks/serve_load.py                         # 10,000 requests batched, 2,000 unbatched
-    python benchmarks/serve_load.py --requests 2000 --compare-requests 500 --concurrency 16
+Settings are fixed here (defaults below); the model is a ResNet-18 at 96 px with random weights (serving
+cost does not depend on the weights' values). Results: ``benchmarks/results/serve_load.json``.
+
+    python benchmarks/serve_load.py           # ~15 minutes on 2 cores
+    python benchmarks/serve_load.py --quick   # seconds: checks the code path
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
-from harness import add_common_args, write_result
+from harness import add_common_args, headline, spread, write_result
 from PIL import Image
 
 from robustdx.core.config import parse_config
@@ -74,7 +79,10 @@ def images(n: int, size: int) -> list[bytes]:
     return out
 
 
-async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_seconds: float, every: int = 0,
+               on_every: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Send ``n`` one-image /predict requests with ``concurrency`` in flight (or stop at ``max_seconds``);
+    ``on_every()`` is called after every ``every`` completed requests."""
     lat: list[float] = []
     codes: dict[int, int] = {}
     issued = 0
@@ -91,19 +99,20 @@ async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_second
                 r = await client.post("/predict", files={"images": (f"{i}.png", pngs[i % len(pngs)], "image/png")})
                 lat.append(time.perf_counter() - t0)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if every and len(lat) % every == 0:
+                    on_every()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     lat.sort()
-    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
     return {
         "requests": len(lat),
         "seconds": wall,
         "throughput_rps": len(lat) / wall,
         "p50_ms": 1000 * q[49],
         "p99_ms": 1000 * q[98],
-        "mean_ms": 1000 * statistics.fmean(lat),
         "status_codes": {str(k): v for k, v in sorted(codes.items())},
         "bounded_by": "count" if len(lat) >= n else "time",
     }
@@ -118,91 +127,142 @@ def worker_rss(server: Server) -> dict[str, int]:
     return {"worker_pid": worker, "worker_rss": rss[worker], "total_rss": sum(rss.values())}
 
 
-def batch_sizes(client: httpx.Client) -> dict[str, float]:
+def batches(url: str) -> tuple[float, float]:
+    """(sum, count) of the service's ``robustdx_batch_size`` histogram: images and forward passes so far."""
     tot = cnt = 0.0
-    for line in client.get("/metrics").text.splitlines():
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
         if line.startswith("robustdx_batch_size_sum"):
             tot += float(line.rsplit(" ", 1)[1])
         elif line.startswith("robustdx_batch_size_count"):
             cnt += float(line.rsplit(" ", 1)[1])
-    return {"batches": cnt, "mean_batch_size": tot / cnt if cnt else 0.0}
+    return tot, cnt
 
 
-def run_side(env: dict[str, str], log: Path, pngs: list[bytes], args: argparse.Namespace, n: int, rss: bool) -> dict[str, Any]:
-    with Server(env, log) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
-        asyncio.run(load(srv.url, pngs, args.warmup, args.concurrency, args.max_seconds))
-        if rss:
-            time.sleep(args.settle)
-            before = worker_rss(srv)
-        res = asyncio.run(load(srv.url, pngs, n, args.concurrency, args.max_seconds))
-        if rss:
-            busy = worker_rss(srv)
-            time.sleep(args.settle)
-            after = worker_rss(srv)
-        res.update(batch_sizes(c))
-    if rss:
-        mb = 2**20
-        res["rss_before_mb"] = before["worker_rss"] / mb
-        res["rss_after_mb"] = after["worker_rss"] / mb
-        res["rss_growth_pct"] = 100 * (after["worker_rss"] - before["worker_rss"]) / before["worker_rss"]
-        res["rss_right_after_load_mb"] = busy["worker_rss"] / mb
-        res["rss_growth_right_after_load_pct"] = 100 * (busy["worker_rss"] - before["worker_rss"]) / before["worker_rss"]
-        res["total_rss_before_mb"] = before["total_rss"] / mb
-        res["total_rss_after_mb"] = after["total_rss"] / mb
-    return res
+def bare_throughput(bundle: Path, batch: int, size: int, seconds: float) -> float:
+    """Images/s of the bundle's model alone (embed + classifier + softmax, no grad) at ``batch``."""
+    from robustdx.core.release.bundle import load_bundle
+
+    model = load_bundle(bundle).model.eval()
+    x = torch.rand(batch, 3, size, size)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.softmax(model.classifier(model.embed(x)), 1)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.softmax(model.classifier(model.embed(x)), 1)
+            n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def rss_slope(samples: list[tuple[int, int]]) -> float:
+    """Least-squares slope in MB per 1,000 requests of (requests, rss bytes), after the first quarter (warm-up)."""
+    tail = samples[len(samples) // 4 :]
+    xs = np.array([r / 1000 for r, _ in tail])
+    ys = np.array([b / 2**20 for _, b in tail])
+    return float(np.polyfit(xs, ys, 1)[0]) if len(tail) >= 2 else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, default=None, help="Serve this bundle (default: random-weight ResNet-18).")
-    ap.add_argument("--arch", default="resnet18", help="Architecture of the default random-weight bundle.")
-    ap.add_argument("--size", type=int, default=96, help="Image size of the default bundle and of the sent PNGs.")
-    ap.add_argument("--requests", type=int, default=10_000, help="Requests of the batching side (RSS measured around them).")
-    ap.add_argument("--compare-requests", type=int, default=2_000, help="Requests of the batching-off side.")
-    ap.add_argument("--warmup", type=int, default=200, help="Warm-up requests per side (not timed).")
+    ap.add_argument("--arch", default="resnet18", help="Architecture of the random-weight bundle.")
+    ap.add_argument("--size", type=int, default=96, help="Image size of the bundle and of the sent PNGs.")
+    ap.add_argument("--requests", type=int, default=1_500, help="Requests per timed run.")
+    ap.add_argument("--runs", type=int, default=3, help="Timed runs per side (interleaved).")
+    ap.add_argument("--rss-requests", type=int, default=20_000, help="Requests of the memory run (RSS every 1,000).")
+    ap.add_argument("--warmup", type=int, default=200, help="Warm-up requests per server (not timed).")
     ap.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
-    ap.add_argument("--max-seconds", type=float, default=300, help="Time limit of each timed run.")
     ap.add_argument("--max-batch-size", type=int, default=32)
-    ap.add_argument("--robust-sample-rate", type=float, default=0.01)
-    ap.add_argument(
-        "--settle", type=float, default=16.0, help="Idle seconds before each RSS reading (the worker trims its heap every 10 s)."
-    )
+    ap.add_argument("--bare-seconds", type=float, default=10.0, help="Seconds of each bare-model timing.")
+    ap.add_argument("--max-seconds", type=float, default=900, help="Time limit of each run.")
     add_common_args(ap, "serve_load")
     args = ap.parse_args()
     if args.quick:
-        args.arch, args.size, args.requests, args.compare_requests, args.warmup = "test_cnn", 32, 40, 20, 4
-        args.concurrency, args.settle, args.max_seconds = 4, 0.0, 60.0
+        args.arch, args.size, args.requests, args.runs, args.rss_requests = "test_cnn", 32, 40, 1, 3_000
+        args.warmup, args.concurrency, args.bare_seconds, args.max_seconds = 4, 4, 0.5, 120.0
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         home = Path(tmp) / "bentoml"
         os.environ["BENTOML_HOME"] = str(home)  # this process too: BentoML reads its home once
         from robustdx.core.release.store import save_bundle_to_store
 
-        bundle = args.bundle or make_bundle(Path(tmp) / "bundle", args.arch, args.size)
-        tag = save_bundle_to_store(bundle, home)
-        write_production(home, tag)
+        bundle = make_bundle(Path(tmp) / "bundle", args.arch, args.size)
+        write_production(home, save_bundle_to_store(bundle, home))
         pngs = images(64, args.size)
         base = {
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "True",
             "ROBUSTDX_MAX_BATCH_SIZE": str(args.max_batch_size),
-            "ROBUSTDX_ROBUST_SAMPLE_RATE": str(args.robust_sample_rate),
+            "ROBUSTDX_ROBUST_SAMPLE_RATE": "0.01",
+            "ROBUSTDX_MALLOC_TRIM_SECONDS": "0",
+            "ROBUSTDX_POINTER_POLL_SECONDS": "0",
         }
-        batched = run_side({**base, "ROBUSTDX_BATCHING": "1"}, Path(tmp) / "on.log", pngs, args, args.requests, rss=True)
-        print(json.dumps({"batching": batched}, indent=1), flush=True)
-        off = {**base, "ROBUSTDX_BATCHING": "0"}
-        unbatched = run_side(off, Path(tmp) / "off.log", pngs, args, args.compare_requests, rss=False)
+        with (
+            Server({**base, "ROBUSTDX_BATCHING": "1"}, Path(tmp) / "on.log") as on,
+            Server({**base, "ROBUSTDX_BATCHING": "0"}, Path(tmp) / "off.log") as off,
+        ):
+            servers = {"batching": on, "no_batching": off}
+            for srv in servers.values():
+                asyncio.run(load(srv.url, pngs, args.warmup, args.concurrency, args.max_seconds))
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+            bare: list[float] = []
+            for r in range(args.runs):
+                order = list(servers) if r % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    srv = servers[name]
+                    before = batches(srv.url)
+                    res = asyncio.run(load(srv.url, pngs, args.requests, args.concurrency, args.max_seconds))
+                    after = batches(srv.url)
+                    passes = after[1] - before[1]
+                    res["mean_batch_size"] = (after[0] - before[0]) / passes if passes else 0.0
+                    runs[name].append(res)
+                    print(f"[run {r + 1}/{args.runs}] {name}: {res['throughput_rps']:.1f} req/s, "
+                          f"mean batch {res['mean_batch_size']:.1f}", flush=True)  # fmt: skip
+                batch = max(1, round(statistics.median(x["mean_batch_size"] for x in runs["batching"])))
+                bare.append(bare_throughput(bundle, batch, args.size, args.bare_seconds))
+                print(f"[run {r + 1}/{args.runs}] bare model at batch {batch}: {bare[-1]:.1f} images/s", flush=True)
+            samples: list[tuple[int, int]] = []
+            pids: set[int] = set()
+
+            def sample() -> None:
+                rss = worker_rss(on)
+                pids.add(rss["worker_pid"])
+                samples.append((len(samples) * 1000, rss["worker_rss"]))
+
+            sample()  # at 0 requests of the memory run
+            memory = asyncio.run(load(on.url, pngs, args.rss_requests, args.concurrency, args.max_seconds * 4, 1000, sample))
+    tput = {name: spread([x["throughput_rps"] for x in rs]) for name, rs in runs.items()}
+    overhead = tput["batching"]["median"] / statistics.median(bare)
+    slope = rss_slope(samples)
     result = {
         "benchmark": "serve_load",
-        "model": str(args.bundle) if args.bundle else f"{args.arch} @ {args.size}px, random weights",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("bundle", "out", "_benchmark")},
-        "batching": batched,
-        "no_batching": unbatched,
-        "speedup_throughput": batched["throughput_rps"] / unbatched["throughput_rps"],
-        "goals": {"speedup_ge_3": None, "rss_growth_lt_5pct": batched["rss_growth_pct"] < 5},
+        "model": f"{args.arch} @ {args.size}px, random weights",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "_benchmark")},
+        "runs": runs,
+        "throughput_rps": tput,
+        "bare_model_images_per_s": spread(bare),
+        "service_over_bare": overhead,
+        "memory": {
+            "requests": memory["requests"],
+            "status_codes": memory["status_codes"],
+            "rss_mb_every_1000": [(n, b / 2**20) for n, b in samples],
+            "same_worker_pid": len(pids) == 1,
+            "slope_mb_per_1000_requests": slope,
+        },
+        "headline": headline(
+            "/predict throughput with batching, one-image requests at concurrency "
+            f"{args.concurrency}; service >= 70% of the bare model; RSS slope < 1 MB / 1,000 requests",
+            tput["batching"]["median"],
+            tput["no_batching"]["median"],
+            "requests/s",
+            3.0,
+            "the same service with batching off",
+            service_over_bare=overhead,
+            requires_service_over_bare_ge_70pct=overhead >= 0.7,
+            rss_slope_mb_per_1000=slope,
+            requires_rss_slope_lt_1mb=slope < 1.0 and len(pids) == 1,
+        ),
     }
-    result["goals"]["speedup_ge_3"] = result["speedup_throughput"] >= 3
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result["headline"], indent=2))
     write_result(args, result, load_before)
 
 

@@ -108,6 +108,11 @@ def test_asha_vs_full_quick(tmp_path: Path) -> None:
 def test_serve_load_quick(tmp_path: Path) -> None:
     r = run_quick("serve_load", tmp_path / "r.json")
     for side in ("batching", "no_batching"):
-        assert r[side]["status_codes"] == {"200": r[side]["requests"]}
-        assert r[side]["throughput_rps"] > 0
-    assert r["batching"]["rss_before_mb"] > 0
+        (run,) = r["runs"][side]
+        assert run["status_codes"] == {"200": run["requests"]} and run["throughput_rps"] > 0
+    assert r["runs"]["no_batching"][0]["mean_batch_size"] == 1.0  # batching off: one image per pass
+    assert r["bare_model_images_per_s"]["median"] > 0 and r["service_over_bare"] > 0
+    memory = r["memory"]
+    assert memory["status_codes"] == {"200": 3000} and memory["same_worker_pid"] is True
+    assert [n for n, _ in memory["rss_mb_every_1000"]] == [0, 1000, 2000, 3000]
+    assert {"ratio", "met", "requires_service_over_bare_ge_70pct", "requires_rss_slope_lt_1mb"} <= set(r["headline"])
