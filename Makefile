@@ -22,7 +22,7 @@ venv: $(STAMP)  ## create .venv with every extra (about 2-3 minutes the first ti
 
 demo: venv  ## synthetic data -> Ray Tune sweep -> train the best adv-SupCon -> gated promotion (Prefect), then serve it and call /predict and /explain
 	$(VENV)/bin/robustdx demo
-	BENTOML_HOME=$(CURDIR)/runs/bentoml $(PY) -m robustdx.service.demo --out runs/demo/serve
+	BENTOML_HOME=$(CURDIR)/runs/bentoml $(VENV)/bin/robustdx serve-demo --out runs/demo/serve
 
 test: venv  ## ruff, the import-layer contracts, the whole test suite (GPU tests deselected where torch sees no CUDA)
 	$(VENV)/bin/ruff check core flows service tests benchmarks deploy docs
@@ -63,11 +63,11 @@ stack:  ## start the compose stack (needs Docker); creates its secrets on the fi
 	docker compose -f deploy/compose.yaml up -d --build
 
 up: venv  ## the whole stack as local processes on 127.0.0.1, no Docker: Prefect UI :4200, service :3000, Prometheus :9090, Alertmanager :9093, Pushgateway :9091 (first run retrains a model, ~3 min)
-	$(PY) -m robustdx.flows.localstack up
+	$(VENV)/bin/robustdx stack up
 
 down:  ## stop exactly what `make up` started
-	$(PY) -m robustdx.flows.localstack down
+	$(VENV)/bin/robustdx stack down
 
 clean:  ## stop a `make up` stack, remove runs and synthetic data (keeps the venv)
-	if [ -x $(PY) ]; then $(PY) -m robustdx.flows.localstack down; fi
+	if [ -x $(PY) ]; then $(VENV)/bin/robustdx stack down; fi
 	rm -rf runs data/synthetic .pytest_cache

@@ -28,13 +28,12 @@ Closed by default, because a retrain is costly and changes what is served: ``POS
 to start without a secret unless told ``--no-auth`` on a loopback address. It binds 127.0.0.1 unless
 told otherwise. Label values end up in log lines escaped (a newline in ``instance`` cannot forge a line).
 
-Run it with ``python -m robustdx.flows.alerts --host 127.0.0.1 --port 9095`` and ``PREFECT_API_URL``
+Run it with ``robustdx alert-receiver --host 127.0.0.1 --port 9095`` and ``PREFECT_API_URL``
 pointing at the Prefect server; tests build the app with :func:`build_app`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import ipaddress
 import json
@@ -269,41 +268,6 @@ def build_app(emit: Emitter | None = None, *, token: str | None) -> Starlette:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m robustdx.flows.alerts",
-        description=(
-            "Alertmanager webhook receiver: emits the Prefect event "
-            f"'{DRIFT_EVENT}' for every firing alert labelled {RETRAIN_LABEL}=\"true\" "
-            "(POST /alerts), which starts the retrain/on-drift deployment. "
-            "Point Alertmanager's webhook_configs url at http://HOST:PORT/alerts."
-        ),
-        epilog=(
-            "Environment: PREFECT_API_URL (required) — the Prefect server's API, e.g. http://127.0.0.1:4200/api; "
-            f"{TOKEN_FILE_ENV} (a file holding the bearer secret) or {TOKEN_ENV} (the secret itself), which "
-            "Alertmanager sends via http_config.authorization. "
-            "Endpoints: POST /alerts, GET /healthz, GET /metrics."
-        ),
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s; 0.0.0.0 in a container)")
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        help=(
-            "accept alerts without a bearer secret; only allowed with a loopback --host "
-            f"(default: {TOKEN_FILE_ENV} or {TOKEN_ENV} required)"
-        ),
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="log level (default: %(default)s)",
-    )
-    return parser
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -336,18 +300,25 @@ def configured_token(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the receiver with uvicorn until stopped (SIGINT / SIGTERM)."""
-    args = _parser().parse_args(argv)
+class ReceiverError(ValueError):
+    """The receiver cannot start as asked (the message says what to set)."""
+
+
+def check_receiver(host: str, no_auth: bool, environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """The bearer secret (None with ``no_auth`` on a loopback host) and the Prefect API the events go to.
+
+    Raises:
+        ReceiverError: no secret and no ``no_auth``; ``no_auth`` off loopback; ``PREFECT_API_URL`` unset.
+    """
     try:
-        token = configured_token()
+        token = configured_token(environ)
     except ValueError as err:
-        _parser().error(str(err))
-    if token is None and not args.no_auth:
-        _parser().error(f"no bearer secret: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), or pass --no-auth on a loopback --host")
-    if token is None and not _is_loopback(args.host):
-        _parser().error(
-            f"--no-auth is only allowed on a loopback --host, not {args.host!r}: anyone who can reach it could start a retrain"
+        raise ReceiverError(str(err)) from None
+    if token is None and not no_auth:
+        raise ReceiverError(f"no bearer secret: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), or pass --no-auth on a loopback --host")
+    if token is None and not _is_loopback(host):
+        raise ReceiverError(
+            f"--no-auth is only allowed on a loopback --host, not {host!r}: anyone who can reach it could start a retrain"
         )
     from prefect.settings import PREFECT_API_URL
 
@@ -355,14 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     if not api:
         # Without it Prefect would start a throw-away local server inside this process, and the
         # events would go where no deployment trigger listens.
-        _parser().error("PREFECT_API_URL is not set: point it at the Prefect server's API (e.g. http://127.0.0.1:4200/api)")
+        raise ReceiverError("PREFECT_API_URL is not set: point it at the Prefect server's API (e.g. http://127.0.0.1:4200/api)")
+    return token, str(api)
+
+
+def run_receiver(host: str, port: int, token: str | None, api: str, log_level: str = "info") -> None:
+    """Serve the receiver with uvicorn until stopped (SIGINT / SIGTERM)."""
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("forwarding %s alerts to the Prefect API at %s", RETRAIN_LABEL, api)
-    uvicorn.run(build_app(token=token), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    uvicorn.run(build_app(token=token), host=host, port=port, log_level=log_level)

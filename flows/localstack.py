@@ -1,7 +1,7 @@
 """The whole robustdx stack as local processes on 127.0.0.1: ``make up`` / ``make down`` without Docker.
 
 Why: the compose stack (``deploy/compose.yaml``) needs a Docker engine, which the development machines
-and CI runners do not have. ``python -m robustdx.flows.localstack up`` starts the same components as
+and CI runners do not have. ``robustdx stack up`` starts the same components as
 plain processes, in this order, each in its own session (process group) with its log in
 ``<root>/logs/NAME.log``:
 
@@ -35,7 +35,6 @@ starts. Linux only: process identity is read from ``/proc``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -46,7 +45,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -711,7 +710,7 @@ def prepare_data(sweep: Path, run_set: Sequence[str], data: Path | None, repo: P
     if base.data.dataset == "camelyon17":
         if not (root / CAMELYON_MARKER).is_file():
             print(f"no Camelyon17 data in {root}: synthesising the demo set (robustdx data synth {' '.join(SYNTH_ARGS)})")
-            cmd = [sys.executable, "-m", "robustdx.flows.cli", "data", "synth", "--out", str(root), *SYNTH_ARGS]
+            cmd = [sys.executable, "-m", "robustdx.cli", "data", "synth", "--out", str(root), *SYNTH_ARGS]
             done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise StackError(
@@ -927,7 +926,7 @@ class StackPlan(StackAddresses):
 
     def deploy(self, sweep: Path, num_samples: int | None, run_overrides: Sequence[str]) -> Proc:
         """``robustdx deploy``: serves both retrain deployments; ready once a runner polled them (:func:`deployments_served`)."""
-        argv = [sys.executable, "-m", "robustdx.flows.cli", "deploy", "--sweep", str(sweep)]
+        argv = [sys.executable, "-m", "robustdx.cli", "deploy", "--sweep", str(sweep)]
         argv += ["--num-samples", str(num_samples)] if num_samples else []
         argv += [arg for override in run_overrides for arg in ("--run-set", override)]
         argv += ["--sweep-set", f"storage_path={self.root / 'sweeps'}"]  # every output of the stack under its root
@@ -1044,88 +1043,20 @@ def print_summary(plan: StackPlan, procs: Mapping[str, Proc]) -> None:
     print(f"\n{_table(rows)}")
     print(
         f"\nadmin token of POST /admin/reload: {plan.root / TOKEN_FILE}; state: {state_path(plan.root)}\n"
-        "make down stops it (python -m robustdx.flows.localstack down)"
+        "make down stops it (robustdx stack down)"
     )
 
 
 # ------------------------------------------------------------------------------------------------
-# command line
+# option parsing shared by the command line (``robustdx stack``)
 # ------------------------------------------------------------------------------------------------
-def _port_arg(text: str) -> tuple[str, int]:
+def parse_port(text: str) -> tuple[str, int]:
+    """``NAME=PORT`` → (name, port), with the name one of the stack's components.
+
+    Raises:
+        ValueError: not NAME=PORT, an unknown name, or a port outside 1..65535.
+    """
     name, sep, value = text.partition("=")
     if not sep or name not in DEFAULT_PORTS or not value.isdigit() or not 0 < int(value) < 65536:
-        raise argparse.ArgumentTypeError(f"expected NAME=PORT with NAME one of {', '.join(DEFAULT_PORTS)}, got {text!r}")
+        raise ValueError(f"expected NAME=PORT with NAME one of {', '.join(DEFAULT_PORTS)}, got {text!r}")
     return name, int(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m robustdx.flows.localstack",
-        description="The robustdx stack as local processes on 127.0.0.1 (make up / make down): Prefect server "
-        "and UI, the retrain deployments (robustdx deploy), bentoml serve with the production model, Prometheus, "
-        "Alertmanager, the Pushgateway and the alert receiver. No Docker needed.",
-        epilog="Ports: " + ", ".join(f"{k}={v}" for k, v in DEFAULT_PORTS.items()) + ". All state lives under --root.",
-    )
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="State folder (default: %(default)s).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p_up = sub.add_parser(
-        "up",
-        help="start the stack (a first model is retrained when none is promoted yet)",
-        description="Start every component, wait until each is ready, print their URLs and logs.",
-    )
-    p_up.add_argument(
-        "--port", type=_port_arg, action="append", default=[], metavar="NAME=PORT", help="Override a port (repeatable)."
-    )
-    p_up.add_argument("--sweep", type=Path, default=UpOptions.sweep, help="Sweep file of the retrains (default: %(default)s).")
-    p_up.add_argument("--num-samples", type=int, default=None, help="Trials per sweep (default: the sweep file's).")
-    p_up.add_argument(
-        "--run-set", action="append", default=[], metavar="KEY=VALUE", help="Override of every trial's run config (repeatable)."
-    )
-    p_up.add_argument(
-        "--data", type=Path, default=None, help="Data set folder (default: the sweep's; the demo set is synthesised if missing)."
-    )
-    p_up.add_argument(
-        "--fast-alerts",
-        action="store_true",
-        help=f"{FAST_INTERVAL} scrape/evaluation intervals and Alertmanager group waits instead of the shipped ones (tests).",
-    )
-    p_up.add_argument(
-        "--first-model-timeout", type=float, default=UpOptions.first_model_timeout, help="Seconds (default: %(default)s)."
-    )
-
-    p_down = sub.add_parser("down", help="stop what up started", description="Stop every recorded process, newest first.")
-    p_down.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="Seconds before SIGKILL (default: %(default)s).")
-    sub.add_parser("status", help="each component: pid, alive, ready, URL", description="Exit 0 when all are ready.")
-    for p in sub.choices.values():
-        p.add_argument("--root", type=Path, default=argparse.SUPPRESS, help="State folder (default: runs/stack).")
-    return parser
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    root: Path = args.root
-    try:
-        if args.command == "down":
-            return down(root, args.timeout)
-        if args.command == "status":
-            return status(root)
-        ports = {**DEFAULT_PORTS, **dict(args.port)}
-        opts = UpOptions(
-            root=root,
-            ports=ports,
-            sweep=args.sweep,
-            num_samples=args.num_samples,
-            run_set=args.run_set,
-            data=args.data,
-            fast_alerts=args.fast_alerts,
-            first_model_timeout=args.first_model_timeout,
-        )
-        return up(opts)
-    except (StackError, ToolsUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

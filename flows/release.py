@@ -112,13 +112,19 @@ def promote(
     settings: EvaluationSettings | None = None,
     home: Path | str | None = None,
     lock_timeout: float = 900.0,
+    dry_run: bool = False,
 ) -> PromotionResult:
-    """Evaluate, gate and — when every gate passes — save and point production at the candidate."""
+    """Evaluate, gate and — when every gate passes — save and point production at the candidate.
+
+    ``dry_run`` evaluates and decides exactly as a promotion would, and writes nothing: no store entry, no
+    pointer change, no audit record (``tag`` stays None)."""
     gates = gates or GateConfig()
     with promotion_lock(home, lock_timeout):
         evaluation = evaluate_against_production(bundle_dir, home, settings)
         decision = decide(evaluation.candidate, evaluation.production, gates)
         tag = previous = None
+        if dry_run:
+            return PromotionResult(decision, evaluation, tag, evaluation.production_tag)
         if decision.promote:
             tag = save_bundle_to_store(bundle_dir, home)
             pointer = write_production(home, tag, weights_sha256(load_bundle_from_store(tag, home)))

@@ -47,11 +47,9 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.validators import ContentType
+from fastapi import FastAPI
 from pydantic import AfterValidator, Field
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from robustdx.core.contracts import ENV_MODEL_TAG
 from robustdx.core.release.pointer import PointerError, read_production, resolve_tag
@@ -60,7 +58,7 @@ from robustdx.service.explaining import Busy, DeadlineExceeded, Deadlines, Expla
 from robustdx.service.guard import EdgeGuard, GuardLimits
 from robustdx.service.imaging import ImageError, check_request, decode, inspect
 from robustdx.service.monitoring.metrics import metrics
-from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, Prediction, ReloadResult
+from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, ModelInfo, Prediction, ReloadResult
 from robustdx.service.settings import load_settings
 
 log = logging.getLogger("robustdx.service")
@@ -163,12 +161,36 @@ def _error(status: int, message: str, ctx: Any = None, headers: dict[str, str] |
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-async def _model_card(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
-    return JSONResponse(svc.model_card())
+# GET routes beside the BentoML APIs (which are POST). A FastAPI app rather than a bare Starlette one
+# because BentoML merges a mounted FastAPI app's routes into its OpenAPI document (/docs.json, Swagger UI);
+# FastAPI's own docs routes are off so they cannot shadow BentoML's.
+card_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
-card_app = Starlette(routes=[Route("/model", _model_card, methods=["GET"])])
+@card_app.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="The model being served",
+    description="Version, tag, regime, data card, validation/test clean and robust metrics, bundle hashes, the "
+    "production pointer and whether this replica serves it, the monitor's state.",
+    tags=["Service APIs"],
+)
+async def model_info() -> dict[str, Any]:
+    return bentoml.get_current_service().model_card()
+
+
+@card_app.get(
+    "/model/card",
+    response_class=PlainTextResponse,
+    summary="The served model's model card (Markdown)",
+    description="Intended use and what not to use it for, training data, per-class and per-group clean and robust "
+    "results with 95% intervals, the ε its robustness was measured at, known limitations.",
+    responses={200: {"content": {"text/markdown": {}}}},
+    tags=["Service APIs"],
+)
+async def model_card_markdown() -> PlainTextResponse:
+    text = bentoml.get_current_service().model_card_markdown()
+    return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
 @bentoml.asgi_app(card_app, path="/")
@@ -259,6 +281,15 @@ class RobustDx:
         card["confidence_threshold"] = self.threshold
         card["monitor"] = self.monitor.snapshot()
         return card
+
+    def model_card_markdown(self) -> str:
+        """The bundle's MODEL_CARD.md; rendered from its metrics for a bundle written before model cards."""
+        b = self._state.bundle
+        if b.model_card is not None:
+            return b.model_card
+        from robustdx.core.evaluation.model_card import render_model_card
+
+        return render_model_card(b.config, b.metrics, b.data_card, b.version)
 
     # ---- APIs ---------------------------------------------------------------------------------
     @bentoml.api(route="/predict")

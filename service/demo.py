@@ -1,7 +1,7 @@
 """The serving half of ``make demo``: serve the production model, call it, stop it.
 
-    python -m robustdx.service.demo --out runs/demo/serve                 # what promotion chose
-    python -m robustdx.service.demo --bundle runs/x/bundle --out ...      # force a bundle (no gates)
+    robustdx serve-demo --out runs/demo/serve                 # what promotion chose
+    robustdx serve-demo --bundle runs/x/bundle --out ...      # force a bundle (no gates)
 
 1. with ``--bundle`` only: saves the bundle into the BentoML model store (``$BENTOML_HOME``, default
    ``~/bentoml``) and points production at it, *bypassing the promotion gates* (a quick look at a
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -66,17 +65,6 @@ def rejection_note(home: Path, tag: str) -> str | None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Serve a bundle with BentoML, call /predict and /explain, stop.")
-    ap.add_argument(
-        "--bundle", type=Path, default=None, help="Bundle to put in production without the gates (default: serve production)."
-    )
-    ap.add_argument("--out", type=Path, default=Path("runs/demo/serve"), help="Where the answers and heatmaps go.")
-    ap.add_argument("--data", type=Path, default=Path("data/synthetic/camelyon17"), help="Synthetic data (demo image).")
-    ap.add_argument("--keep-seconds", type=float, default=0.0, help="Keep the service up this long before stopping.")
-    return ap
-
-
 def model_to_serve(bundle: Path | None, home: Path) -> str | None:
     """The tag to serve: ``bundle`` forced into production (no gates), else the production model (step 1).
 
@@ -88,7 +76,7 @@ def model_to_serve(bundle: Path | None, home: Path) -> str | None:
     if bundle is not None:
         tag = save_bundle_to_store(bundle, home)
         sha = weights_sha256(load_bundle_from_store(tag, home))
-        pointer = force_production(home, tag, reason=f"python -m robustdx.service.demo --bundle {bundle}", weights_sha256=sha)
+        pointer = force_production(home, tag, reason=f"robustdx serve-demo --bundle {bundle}", weights_sha256=sha)
         print(f"put {tag} in production without the gates (previous: {pointer.previous}); BentoML home {home}")
         return tag
     try:
@@ -138,34 +126,29 @@ def show_metrics(c: httpx.Client, url: str) -> None:
         print(f"  {ln}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-
+def run_demo(bundle: Path | None, out: Path, data: Path, keep_seconds: float = 0.0) -> int:
+    """Steps 1-4 of the module docstring; the exit code (2: no model to serve)."""
     from robustdx.core.release.pointer import bentoml_home
     from robustdx.core.release.store import load_bundle_from_store
     from robustdx.service.local import LocalServer
 
     home = bentoml_home()
-    tag = model_to_serve(args.bundle, home)
+    tag = model_to_serve(bundle, home)
     if tag is None:
         return 2
     eps = float(load_bundle_from_store(tag, home).config.eval_attack.eps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name, png = demo_image(args.data if args.data.exists() else None)
-    (args.out / "input.png").write_bytes(png)
+    out.mkdir(parents=True, exist_ok=True)
+    name, png = demo_image(data if data.exists() else None)
+    (out / "input.png").write_bytes(png)
     log = Path(tempfile.mkdtemp(prefix="robustdx_serve_")) / "serve.log"
     with LocalServer({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}, log) as srv:
         print(f"serving on {srv.url} (log {log}); OpenAPI docs at {srv.url}/docs")
         with httpx.Client(base_url=srv.url, timeout=120) as c:
-            call_predict(c, args.out, name, png)
-            call_explain(c, args.out, name, png, eps)
+            call_predict(c, out, name, png)
+            call_explain(c, out, name, png, eps)
             show_metrics(c, srv.url)
-            if args.keep_seconds > 0:
-                print(f"keeping the service up for {args.keep_seconds:.0f} s")
-                time.sleep(args.keep_seconds)
+            if keep_seconds > 0:
+                print(f"keeping the service up for {keep_seconds:.0f} s")
+                time.sleep(keep_seconds)
     print("service stopped")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,11 +7,14 @@ tests read — and they change only on purpose, apart from the service class tha
 :class:`Prediction` is one image's answer of ``/predict`` (and the prediction part of ``/explain``);
 :class:`Explanation` is the answer of ``/explain``: the prediction, its Integrated-Gradients
 :class:`AttributionOut` and, with ``attack_eps`` > 0, the :class:`AttackOut` of a PGD-attacked copy;
-:class:`ReloadResult` is the answer of ``POST /admin/reload``. The models carry no class docstrings
-on purpose: pydantic would copy them into the OpenAPI spec, which the field descriptions document.
+:class:`ReloadResult` is the answer of ``POST /admin/reload``; :class:`ModelInfo` the answer of
+``GET /model``. The models carry no class docstrings on purpose: pydantic would copy them into the
+OpenAPI spec, which the field descriptions document.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -59,3 +62,26 @@ class ReloadResult(BaseModel):
     tag: str = Field(examples=["robustdx-classifier:abcd1234efgh5678"])
     version: str
     previous_tag: str
+
+
+class ModelInfo(BaseModel):
+    tag: str = Field(description="BentoML model-store tag being served.", examples=["robustdx-classifier:abcd1234efgh5678"])
+    version: str = Field(description="Bundle version (first 12 hex digits of the weights' SHA-256).", examples=["3f9a1c0d2b7e"])
+    regime: str = Field(description="Training recipe.", examples=["adv_supcon_ft"])
+    stages: list[str | None] = Field(description="Regime of each training stage.", examples=[["adv_supcon", "finetune"]])
+    arch: str = Field(examples=["resnet50"])
+    image_size: int = Field(description="Side of the model input in pixels (uploads are resized to it).", examples=[96])
+    classes: list[str] = Field(examples=[["normal", "tumor"]])
+    serving_eps: float = Field(description="L-inf budget the model's robustness was measured at ([0, 1] pixels).")
+    dataset: str = Field(examples=["camelyon17"])
+    data_card: dict[str, Any] = Field(description="What it was trained on: classes, groups, split sizes per class and group.")
+    metrics: dict[str, Any] = Field(description="Validation and test metrics, clean and robust (with intervals).")
+    bundle_hash: dict[str, Any] = Field(description="SHA-256 of the weights and of every bundle file.")
+    created: str | None = Field(description="When the bundle was written (ISO 8601).")
+    loaded_at: str = Field(description="When this replica loaded it (ISO 8601).")
+    production_pointer: dict[str, Any] | None = Field(
+        description="The production pointer (tag, previous, weights_sha256) and whether this replica serves it."
+    )
+    pinned_by_env: str | None = Field(description="Tag pinned by ROBUSTDX_MODEL_TAG, if any (the pointer is then ignored).")
+    confidence_threshold: float = Field(description="Below it, predictions are marked refer_to_clinician.")
+    monitor: dict[str, Any] = Field(description="State of the drift and robustness monitor.")

@@ -7,6 +7,8 @@ Layout (a folder)::
     metrics.json           validation/test metrics, clean and robust
     data_card.json         what it was trained on: data set, splits, class and group counts
     reference.safetensors  training embeddings, probabilities and labels (drift reference)
+    MODEL_CARD.md          intended use, data, per-class/per-group results with intervals, limitations
+                           (optional: bundles written before model cards have none)
     manifest.json          format version + SHA-256 and size of every file above
 
 :func:`load_bundle` refuses a bundle whose files are missing, truncated, altered (hash mismatch)
@@ -20,6 +22,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +42,8 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 REFERENCE = "reference.safetensors"
 JSON_FILES = ("config.json", "metrics.json", "data_card.json")
+MODEL_CARD = "MODEL_CARD.md"
+OPTIONAL_FILES = (MODEL_CARD,)  # verified like the others when the manifest lists them
 
 
 def sha256_file(path: Path) -> str:
@@ -60,6 +65,7 @@ class Bundle:
     data_card: dict[str, Any]
     reference: dict[str, Tensor]
     manifest: dict[str, Any]
+    model_card: str | None = None  # MODEL_CARD.md when the bundle has one
 
     @property
     def version(self) -> str:
@@ -78,8 +84,12 @@ def save_bundle(
     metrics: dict[str, Any],
     data_card: dict[str, Any],
     reference: dict[str, Tensor],
+    model_card: Callable[[str], str] | None = None,
 ) -> Path:
     """Write a bundle folder atomically (built in a temporary sibling, then renamed into place).
+
+    ``model_card`` renders ``MODEL_CARD.md`` from the bundle's version (the weights' hash, known only once
+    they are written), e.g. ``lambda v: render_model_card(config, metrics, data_card, v)``.
 
     Raises:
         FileExistsError: ``path`` exists and is not a bundle (refuse to clobber unrelated files).
@@ -96,9 +106,11 @@ def save_bundle(
         payloads = {"config.json": config.model_dump(mode="json"), "metrics.json": metrics, "data_card.json": data_card}
         for name, obj in payloads.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        files = {
-            n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in (WEIGHTS, REFERENCE, *JSON_FILES)
-        }
+        names = [WEIGHTS, REFERENCE, *JSON_FILES]
+        if model_card is not None:
+            (tmp / MODEL_CARD).write_text(model_card(sha256_file(tmp / WEIGHTS)[:12]), encoding="utf-8")
+            names.append(MODEL_CARD)
+        files = {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in names}
         manifest = {
             "format": FORMAT,
             "arch": config.model.arch,
@@ -135,7 +147,7 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     files = manifest.get("files", {})
-    for name in (WEIGHTS, REFERENCE, *JSON_FILES):
+    for name in (WEIGHTS, REFERENCE, *JSON_FILES, *(n for n in OPTIONAL_FILES if n in files)):
         if name not in files:
             raise BundleError(f"{mpath}: no entry for {name}")
         f = path / name
@@ -179,4 +191,5 @@ def load_bundle(path: Path | str, map_location: str | torch.device = "cpu") -> B
         json.loads((path / "data_card.json").read_text()),
         reference,
         manifest,
+        (path / MODEL_CARD).read_text(encoding="utf-8") if MODEL_CARD in manifest["files"] else None,
     )

@@ -172,7 +172,7 @@ def force_production(
 ) -> Pointer:
     """Point production at ``tag`` *without the promotion gates*, under the promotion lock, and record it.
 
-    Why: putting a bundle straight in production (``python -m robustdx.service.demo --bundle``) is a
+    Why: putting a bundle straight in production (``robustdx serve-demo --bundle``) is a
     deliberate bypass; taking the lock keeps it from interleaving with a promotion, and the audit
     record (action ``forced``, with ``reason``) keeps the log a full history of the pointer. The old
     tag becomes ``previous``, so a rollback undoes it. The tag must already be in the model store.

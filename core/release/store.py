@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustdx.core.contracts import MODEL_NAME
-from robustdx.core.release.bundle import JSON_FILES, MANIFEST, REFERENCE, WEIGHTS, Bundle, load_bundle, verify_bundle
+from robustdx.core.release.bundle import (
+    JSON_FILES,
+    MANIFEST,
+    OPTIONAL_FILES,
+    REFERENCE,
+    WEIGHTS,
+    Bundle,
+    load_bundle,
+    verify_bundle,
+)
 
 if TYPE_CHECKING:
     from bentoml import Model
@@ -63,7 +72,7 @@ def save_bundle_to_store(bundle_dir: Path | str, home: Path | str | None = None)
 
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata, **_store_kwargs(home)) as model:
         dest = Path(model.path)
-        for name in BUNDLE_FILES:
+        for name in (*BUNDLE_FILES, *(n for n in OPTIONAL_FILES if n in manifest["files"])):
             shutil.copy2(bundle_dir / name, dest / name)
     verify_bundle(model_path(str(model.tag), home))
     return str(model.tag)

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 
 from robustdx.core.config import ConfigError, Recipe, Regime, RunConfig, dump_config
 from robustdx.core.data import Splits, build_splits
+from robustdx.core.evaluation.breakdown import breakdown
 from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict
+from robustdx.core.evaluation.model_card import render_model_card
 from robustdx.core.evaluation.report import write_report
 from robustdx.core.evaluation.robustness import EvalConfig, robust_accuracy
 from robustdx.core.models import RobustDxNet, build_model
@@ -93,12 +95,16 @@ def evaluate_model(
     model.to(device).eval()
     bs = cfg.data.eval_batch_size
     if has_classifier(cfg.recipe):
-        test = classification_metrics(*predict(model, DataLoader(splits.test, batch_size=bs), device))
+        probs, labels, groups = predict(model, DataLoader(splits.test, batch_size=bs), device)
+        test = classification_metrics(probs, labels, groups)
         val = classification_metrics(*predict(model, DataLoader(splits.val, batch_size=bs), device))
         sample = EvalConfig(max_n=max_robust, batch_size=bs, seed=cfg.seed)
         robust = robust_accuracy(model, splits.test, cfg.eval_attack, sample, device=device)
+        detail = breakdown(
+            probs.argmax(1), labels, groups, robust["items"], robust["robust_correct"], n_classes=cfg.model.num_classes
+        )
         robust = {k: v for k, v in robust.items() if k not in ("items", "robust_correct")}
-        return {"test": test, "val": val, "robust": robust}
+        return {"test": test, "val": val, "robust": robust, "breakdown": detail}
     tf, tl = embeddings(model, splits.train_eval, device, bs, max_n=1024)
     out = {}
     for name in ("val", "test"):
@@ -171,6 +177,7 @@ def _evaluate_and_bundle(
         for s in stages
     ]
     ref = reference_statistics(model, splits, device, cfg.n_reference, has_classifier(cfg.recipe))
-    save_bundle(cfg.run_dir / "bundle", model.cpu(), cfg, metrics, splits.card(), ref)
+    card = splits.card()
+    save_bundle(cfg.run_dir / "bundle", model.cpu(), cfg, metrics, card, ref, lambda v: render_model_card(cfg, metrics, card, v))
     atomic_write_bytes(cfg.run_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     return metrics

@@ -18,7 +18,7 @@ The modules
     config), :mod:`.trainable` (the trial that runs in a Ray worker, and what it reports to Tune: only
     final-stage epochs, so pretraining is never cut short), :mod:`.results` (trial rows, best trial,
     plot, table), this driver (Ray, searcher, scheduler, the sweep folder, :func:`run_sweep`) and
-    :mod:`.cli` (``python -m robustdx.flows.tune``).
+    the command line ``robustdx sweep`` (:mod:`robustdx.cli.sweep`).
 
 Checkpoints and resumption
     A trial trains in its own run folder ``<storage_path>/<name>/runs/<trial_id>`` (on the disk the
@@ -31,7 +31,7 @@ Checkpoints and resumption
 
 Where it runs
     On a local Ray (``ray.init(num_cpus=...)``), or on the cluster named by ``RAY_ADDRESS`` (or
-    ``address=``); ``python -m robustdx.flows.tune`` is the entry point ``ray job submit`` sends.
+    ``address=``); ``robustdx sweep`` is the entry point ``ray job submit`` sends.
     Importing this module starts nothing: Ray is imported inside the functions that need it.
 
 Outputs in ``<storage_path>/<name>/``: Ray's experiment state and trial folders, ``sweep.json`` (the

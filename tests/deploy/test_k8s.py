@@ -133,7 +133,7 @@ def test_ray_head_ports_match_the_compose_head_and_the_instructions() -> None:
     assert ports["dashboard"] == 8265 and ports["client"] == 10001
     assert int(head["rayStartParams"]["metrics-export-port"]) == ports["metrics"] == 8080
     readme = (K8S / "README.md").read_text()
-    assert "ray job submit --address http://localhost:8265 -- python -m robustdx.flows.tune --config configs/sweeps/" in readme
+    assert "ray job submit --address http://localhost:8265 -- robustdx sweep --config configs/sweeps/" in readme
     assert any(
         g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
         for g in cluster["spec"]["workerGroupSpecs"]

@@ -17,15 +17,18 @@ pytestmark = pytest.mark.e2e
 
 def robustdx(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "robustdx.flows.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "robustdx.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
 def test_help_lists_commands() -> None:
     out = robustdx("--help")
     assert out.returncode == 0
-    for cmd in ("train", "data", "info", "demo", "sweep", "evaluate", "promote", "retrain", "deploy"):
-        assert cmd in out.stdout
+    commands = ("train", "experiment", "data", "sweep", "info", "evaluate", "promote", "demo", "retrain", "deploy")
+    for cmd in (*commands, "serve", "serve-demo", "explain", "alert-receiver", "stack"):
+        assert cmd in out.stdout, cmd
+    stack = robustdx("stack", "--help")
+    assert stack.returncode == 0 and all(c in stack.stdout for c in ("up", "down", "status"))
 
 
 def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
@@ -63,7 +66,16 @@ def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
 
     info = robustdx("info", str(bundle), "--json")
     assert info.returncode == 0, info.stderr
-    assert '"recipe": "adv_supcon_ft"' in info.stdout
+    assert '"recipe": "adv_supcon_ft"' in info.stdout and '"model_card": true' in info.stdout
+    card = robustdx("info", str(bundle), "--card")
+    assert card.returncode == 0 and card.stdout.startswith("# Model card") and "| class | clean recall |" in card.stdout
+
+    card_file = bundle / "MODEL_CARD.md"
+    honest = card_file.read_text()
+    card_file.write_text(honest.replace("## Do not use", "## Use freely"))
+    edited = robustdx("info", str(bundle))
+    assert edited.returncode == 2 and "MODEL_CARD.md" in edited.stderr, edited.stderr
+    card_file.write_text(honest)
 
     weights = bundle / "model.safetensors"
     raw = bytearray(weights.read_bytes())

@@ -1,4 +1,4 @@
-"""`robustdx demo` and `python -m robustdx.service.demo` as `make demo` runs them: in a folder with no
+"""`robustdx demo` and `robustdx serve-demo` as `make demo` runs them: in a folder with no
 ``runs/`` at all (a fresh clone), then again over what the first run left behind."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_demo_from_nothing_then_again_over_its_leftovers(tmp_path: Path) -> None
     runs, data = tmp_path / "runs", tmp_path / "data"
     assert not runs.exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BENTOML_", "RAY_"))}
-    demo = [sys.executable, "-m", "robustdx.flows.cli", "demo", "--sweep", str(tiny_sweep(tmp_path))]
+    demo = [sys.executable, "-m", "robustdx.cli", "demo", "--sweep", str(tiny_sweep(tmp_path))]
     demo += ["--data", str(data), "--runs", str(runs)]
     home = runs / "bentoml"
 
@@ -61,7 +61,7 @@ def test_demo_from_nothing_then_again_over_its_leftovers(tmp_path: Path) -> None
     assert len(list((runs / "retrain").iterdir())) == 2 and len(list((runs / "sweeps").glob("retrain-*"))) == 2
 
     served = run(
-        [sys.executable, "-m", "robustdx.service.demo", "--out", str(tmp_path / "serve"), "--data", str(data)],
+        [sys.executable, "-m", "robustdx.cli", "serve-demo", "--out", str(tmp_path / "serve"), "--data", str(data)],
         {**env, "BENTOML_HOME": str(home)},
     )
     assert f"serving production model {tag2}" in served.stdout and "note:" not in served.stdout

@@ -1,7 +1,7 @@
 """``make up`` end to end: the whole local stack, the Prefect UI in a real browser, a run started as the UI's
 Run button starts it, a promotion, and the running service serving the new model.
 
-``python -m robustdx.flows.localstack up`` runs as a subprocess on free ports with a tiny sweep (two
+``robustdx stack up`` runs as a subprocess on free ports with a tiny sweep (two
 trials, FIFO, 2 + 2 epochs on the learnable synthetic set): it starts Prefect, the monitoring processes,
 the retrain deployments, retrains a first model through ``retrain/nightly`` and serves it. Then headless
 Chromium (the Debian package; installed with apt-get as root when missing, no browser download) renders
@@ -117,7 +117,7 @@ class Stack(StackAddresses):
 
 
 def localstack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "robustdx.flows.localstack", *args]
+    cmd = [sys.executable, "-m", "robustdx.cli", "stack", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 

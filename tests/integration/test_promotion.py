@@ -18,6 +18,7 @@ import pytest
 from robustdx.core.config import parse_config
 from robustdx.core.errors import BundleError
 from robustdx.core.release.bundle import verify_bundle
+from robustdx.core.release.gates import GateConfig
 from robustdx.core.release.pointer import read_audit, read_production
 from robustdx.core.release.store import list_models, model_path
 from robustdx.core.training.recipes import run_recipe
@@ -27,6 +28,7 @@ from tests.support.configs import learnable_raw
 pytestmark = [pytest.mark.integration]
 
 FAST = EvaluationSettings(n_robust=48, n_attr=8)
+FAST_GATES_OFF = GateConfig(clean_tolerance=1, robust_tolerance=1, attribution_tolerance=1)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,25 @@ def test_attribution_score_can_be_skipped(bundles: dict[str, str], home: Path) -
     ev = evaluate_against_production(bundles["good"], home, skip)
     assert ev.candidate["attribution"] is None and ev.production["attribution"] is None
     assert ev.candidate["region"] == "centre" and ev.candidate["n_robust"] == 16
+
+
+def test_dry_runs_decide_as_a_promotion_would_and_write_nothing(bundles: dict[str, str], home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from robustdx.cli.app import app
+
+    runner = CliRunner()
+    promote_dry = ["promote", bundles["good"], "--dry-run", "--home", str(home), "--n-robust", "48"]
+    done = runner.invoke(app, promote_dry)
+    assert done.exit_code == 0 and "would promote" in done.output, done.output
+    assert not (home / "models").exists() and read_production(home) is None and read_audit(home) == []
+
+    first = promote(bundles["good"], settings=FAST, home=home)
+    done = runner.invoke(app, ["promote", bundles["worse"], "--dry-run", "--home", str(home), "--n-robust", "48"])
+    assert done.exit_code == 1 and "clean_acc" in done.output, done.output  # the same verdict a promotion gives
+    done = runner.invoke(app, ["promote", "--rollback", "--dry-run", "--home", str(home)])
+    assert done.exit_code == 2 and "nothing to roll back to" in done.output
+    promote(bundles["worse"], FAST_GATES_OFF, FAST, home)
+    done = runner.invoke(app, ["promote", "--rollback", "--dry-run", "--home", str(home)])
+    assert done.exit_code == 0 and f"would serve {first.tag} again" in done.output, done.output
+    assert read_production(home).previous == first.tag and len(read_audit(home)) == 2  # unchanged by the dry runs

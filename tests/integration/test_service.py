@@ -155,7 +155,27 @@ def test_model_card_health_and_openapi(client: httpx.Client, store: dict[str, st
         assert client.get(path).status_code == 200
     spec = client.get("/docs.json").json()
     assert {"/predict", "/explain", "/admin/reload"} <= set(spec["paths"])
+    assert "get" in spec["paths"]["/model"] and "get" in spec["paths"]["/model/card"]  # documented beside the APIs
+    assert "serving_eps" in json.dumps(spec["paths"]["/model"]) + json.dumps(spec["components"])
     assert "examples" in json.dumps(spec["components"])
+    md = client.get("/model/card")
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.text.startswith(f"# Model card: robustdx `adv_supcon_ft`") and f"`{card['version']}`" in md.text
+    assert "## Do not use" in md.text and "| class | clean recall | robust recall |" in md.text
+
+
+def test_the_bentoml_client_of_the_readme_works(server: Server, tmp_path: Path) -> None:
+    """The README's ``bentoml.SyncHTTPClient`` example, as written there."""
+    import bentoml
+
+    image = tmp_path / "patch.png"
+    image.write_bytes(patch_png(11))
+    with bentoml.SyncHTTPClient(server.url) as client:
+        (pred,) = client.predict(images=[image])
+        explained = client.explain(image=image, attack_eps=4 / 255, attack_steps=3, map_size=8)
+    assert pred["label"] in ("normal", "tumor") and set(pred["probabilities"]) == {"normal", "tumor"}
+    assert explained["prediction"]["label"] == pred["label"] and len(explained["attribution"]["attribution"]) == 8
+    assert explained["attack"]["eps"] == pytest.approx(4 / 255)
 
 
 # ------------------------------------------------------------------------------------------------

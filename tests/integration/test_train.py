@@ -117,7 +117,7 @@ def _write_cfg(path: Path, raw: dict) -> Path:
 
 
 def _robustdx(*args: str) -> list[str]:
-    return [sys.executable, "-m", "robustdx.flows.cli", *args]
+    return [sys.executable, "-m", "robustdx.cli", *args]
 
 
 def test_exact_resume_after_kill_9(camelyon_root: Path, tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def ray_cluster(num_cpus: int = 2) -> Iterator[Cluster]:
 
 
 def _tune_cmd(sweep_file: Path) -> list[str]:
-    return [sys.executable, "-m", "robustdx.flows.tune", "--config", str(sweep_file)]
+    return [sys.executable, "-m", "robustdx.cli", "sweep", "--config", str(sweep_file)]
 
 
 def _saved_checkpoints(experiment: Path) -> int:
@@ -232,7 +232,7 @@ def _reports(experiment: Path) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.mark.slow
 def test_sweep_on_a_local_cluster_resumes_after_the_driver_is_killed(camelyon_root: Path, tmp_path: Path) -> None:
-    """``ray start --head`` cluster; the driver runs as ``python -m robustdx.flows.tune`` with RAY_ADDRESS, is killed
+    """``ray start --head`` cluster; the driver runs as ``robustdx sweep`` with RAY_ADDRESS, is killed
     with SIGKILL once a trial's checkpoint is recorded, and the same command then finishes the sweep: every trial
     completes, and the trials running at the kill resume from their checkpoints rather than from epoch 0."""
     finetune_epochs = 6  # a kill window of several epochs after the first recorded checkpoint

@@ -262,7 +262,7 @@ def test_health_metrics_and_methods(client: Client) -> None:
 # ------------------------------------------------------------------------------------------------
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "robustdx.flows.alerts", *args],
+        [sys.executable, "-m", "robustdx.cli", "alert-receiver", *args],
         capture_output=True,
         text=True,
         timeout=60,

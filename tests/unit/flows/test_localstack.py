@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from robustdx.cli.app import app
 from robustdx.flows import localstack
 from robustdx.flows.localstack import (
     CAMELYON_MARKER,
@@ -36,7 +38,6 @@ from robustdx.flows.localstack import (
     descendants,
     down,
     load_yaml,
-    main,
     prepare_data,
     process_start_time,
     read_records,
@@ -130,7 +131,7 @@ def test_components_get_local_addresses_and_the_stack_state(tmp_path: Path, moni
 def test_deploy_command_uses_only_options_robustdx_deploy_has(tmp_path: Path, monitoring_tools: Tools) -> None:
     proc = plan(tmp_path, monitoring_tools).deploy(tmp_path / "sweep.yaml", 2, ["data.root=/data"])
     argv = list(proc.cmd)
-    assert argv[:4] == [sys.executable, "-m", "robustdx.flows.cli", "deploy"]
+    assert argv[:4] == [sys.executable, "-m", "robustdx.cli", "deploy"]
     assert argv[argv.index("--run-set") + 1] == "data.root=/data" and argv[argv.index("--num-samples") + 1] == "2"
     assert argv[argv.index("--service-url") + 1] == "http://127.0.0.1:3000"
     assert argv[argv.index("--home") + 1] == str(tmp_path / "bentoml")
@@ -179,12 +180,14 @@ def test_apt_binaries_names_the_command_for_any_package(monkeypatch: pytest.Monk
     assert calls == [install, ["apt-get", "update"], install]
 
 
-def test_port_option_is_checked() -> None:
-    parser = localstack.build_parser()
-    assert dict(parser.parse_args(["up", "--port", "prefect=14200"]).port) == {"prefect": 14200}
+def test_port_option_is_checked(tmp_path: Path) -> None:
+    assert localstack.parse_port("prefect=14200") == ("prefect", 14200)
     for bad in ("nope=1", "prefect=x", "prefect", "prefect=70000"):
-        with pytest.raises(SystemExit):
-            parser.parse_args(["up", "--port", bad])
+        with pytest.raises(ValueError, match="NAME=PORT"):
+            localstack.parse_port(bad)
+        done = CliRunner().invoke(app, ["stack", "up", "--root", str(tmp_path), "--port", bad])
+        assert done.exit_code == 2 and "NAME=PORT" in done.output  # a usage error, before anything starts
+    assert not (tmp_path / "logs").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,8 +277,8 @@ def test_up_refuses_a_live_stack(tmp_path: Path, spawn: Any, capsys: pytest.Capt
     write_records(tmp_path, [Record.of(running)])
     with pytest.raises(StackError, match=r"already up \(prefect running.*make down first"):
         up(UpOptions(root=tmp_path, ports=free_stack_ports()))
-    assert main(["--root", str(tmp_path), "up"]) == 1
-    assert "already up" in capsys.readouterr().err
+    done = CliRunner().invoke(app, ["stack", "--root", str(tmp_path), "up"])
+    assert done.exit_code == 1 and "already up" in done.output
     assert [r.name for r in read_records(tmp_path)] == ["prefect"] and Record.of(running).alive()
 
 
@@ -293,5 +296,5 @@ def test_up_refuses_busy_and_shared_ports(tmp_path: Path) -> None:
 
 def test_an_unreadable_state_file_is_an_error_not_a_guess(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state_path(tmp_path).write_text('{"components": [{"name": "prefect"}]}')
-    assert main(["--root", str(tmp_path), "down"]) == 1
-    assert "unreadable" in capsys.readouterr().err and state_path(tmp_path).exists()
+    done = CliRunner().invoke(app, ["stack", "down", "--root", str(tmp_path)])
+    assert done.exit_code == 1 and "unreadable" in done.output and state_path(tmp_path).exists()

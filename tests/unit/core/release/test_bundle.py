@@ -17,6 +17,7 @@ from robustdx.core.release.bundle import (
     FORMAT,
     JSON_FILES,
     MANIFEST,
+    MODEL_CARD,
     REFERENCE,
     WEIGHTS,
     BundleError,
@@ -314,3 +315,19 @@ def test_core_never_imports_pickle() -> None:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
         assert not re.search(r"^\s*(import|from)\s+pickle\b", path.read_text(), re.M), path
     assert not offenders, offenders
+
+
+def test_the_model_card_is_hashed_with_the_bundle(tmp_path: Path) -> None:
+    path = save_bundle(
+        tmp_path / "carded", _model(), _config(tmp_path), METRICS, CARD, _reference(), lambda v: f"# card of {v}\n"
+    )
+    b = load_bundle(path)
+    assert b.model_card == f"# card of {b.version}\n" and MODEL_CARD in verify_bundle(path)["files"]
+    (path / MODEL_CARD).write_text(f"# card of {b.version}!")  # one byte more
+    with pytest.raises(BundleError, match="MODEL_CARD.md"):
+        load_bundle(path)
+    (path / MODEL_CARD).unlink()
+    with pytest.raises(BundleError, match="MODEL_CARD.md is missing"):
+        load_bundle(path)
+    plain = save_bundle(tmp_path / "plain", _model(), _config(tmp_path), METRICS, CARD, _reference())
+    assert load_bundle(plain).model_card is None  # older bundles have none, and still load
