@@ -60,6 +60,7 @@ RUN python /usr/local/bin/robustdx-requirements orchestrate > /tmp/requirements.
 # The package itself (dependencies are already in place: --no-deps keeps the resolved set unchanged).
 FROM deps AS source
 COPY README.md ./
+COPY cli/ cli/
 COPY core/ core/
 COPY flows/ flows/
 COPY service/ service/
@@ -95,9 +96,10 @@ WORKDIR /app
 # configs/, deploy/bin/ and a prefect.yaml when there is one (.dockerignore allow-lists what enters);
 # owned by root, so the runtime user can read the code and configurations but not change them
 COPY . /app
-RUN mkdir -p /app/runs /app/data \
+# /tmp/ray: the Ray head's session files (compose volume ray-session; Grafana reads Ray's dashboards from it)
+RUN mkdir -p /app/runs /app/data /tmp/ray \
         /var/lib/robustdx/bentoml /var/lib/robustdx/prefect /var/lib/robustdx/prefect-worker /var/lib/robustdx/prefect-receiver \
-    && chown -R robustdx:robustdx /app/runs /app/data /var/lib/robustdx
+    && chown -R robustdx:robustdx /app/runs /app/data /tmp/ray /var/lib/robustdx
 ENV BENTOML_HOME=/var/lib/robustdx/bentoml \
     BENTOML_DO_NOT_TRACK=True \
     PREFECT_HOME=/var/lib/robustdx/prefect \

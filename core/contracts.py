@@ -22,7 +22,7 @@ DRIFT_KS = "robustdx_drift_ks_statistic"  # gauge: KS statistic on the positive-
 DRIFT_KS_P = "robustdx_drift_ks_p_value"  # gauge: its p-value
 DRIFT_PSI = "robustdx_drift_psi"  # gauge: PSI on the positive-class score
 DRIFT_WINDOW = "robustdx_drift_window_size"  # gauge: live samples in the sliding window
-ADV_FLIP_RATE = "robustdx_adversarial_flip_rate"  # gauge: fraction of sampled requests whose label PGD flips
+ADV_FLIP_RATIO = "robustdx_adversarial_flip_ratio"  # gauge: fraction of sampled requests whose label PGD flips
 ROBUST_MARGIN = "robustdx_robust_margin"  # gauge: mean logit margin of the predicted class after PGD
 ROBUST_SAMPLES = "robustdx_robustness_samples"  # counter -> robustdx_robustness_samples_total
 IG_DELTA = "robustdx_ig_convergence_delta"  # histogram: |IG convergence delta| (logit units)
@@ -57,7 +57,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     DRIFT_KS_P: ("gauge", (), "p-value of the KS test."),
     DRIFT_PSI: ("gauge", (), "Population stability index of the positive-class score."),
     DRIFT_WINDOW: ("gauge", (), "Live samples in the drift window."),
-    ADV_FLIP_RATE: ("gauge", (), "Fraction of sampled live images whose prediction a PGD attack at the serving eps flips."),
+    ADV_FLIP_RATIO: ("gauge", (), "Fraction of sampled live images whose prediction a PGD attack at the serving eps flips."),
     ROBUST_MARGIN: ("gauge", (), "Mean logit margin of the predicted class on the PGD-attacked sample (< 0 = flipped)."),
     ROBUST_SAMPLES: ("counter", (), "Live images attacked by the background robustness probe."),
     IG_DELTA: ("histogram", (), "Absolute Integrated-Gradients convergence delta of /explain (logit units)."),

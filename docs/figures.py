@@ -91,6 +91,25 @@ def _legacy_headline(name: str, d: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+STANDARD_KEYS = {"what", "unit", "robustdx", "baseline_value", "baseline", "ratio", "goal", "met", "goals"}
+
+
+def _extras(h: dict[str, Any]) -> str:
+    """A ratio headline's further figures and requirements (``requires_*``: met / missed), in its order."""
+    parts = []
+    for key, value in h.items():
+        if key in STANDARD_KEYS:
+            continue
+        name = key.removeprefix("requires_").replace("_", " ")
+        if key.startswith("requires_"):
+            parts.append(f"{name}: {'met' if value else '**missed**'}")
+        elif isinstance(value, float):
+            parts.append(f"{name} {value:.3g}")
+        else:
+            parts.append(f"{name} {value}")
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def benchmarks() -> str:
     lines = []
     for path in sorted(RESULTS.glob("*.json")):
@@ -109,7 +128,7 @@ def benchmarks() -> str:
             continue
         lines.append(
             f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: **{h['ratio']:.2f}x** against {h['baseline']}; "
-            f"goal {h['goal']}: {verdict}."
+            f"goal {h['goal']}: {verdict}{_extras(h)}."
         )
     return "\n".join(lines) or "No results committed."
 

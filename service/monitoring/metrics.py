@@ -38,7 +38,7 @@ class Metrics:
     drift_ks_p: Gauge
     drift_psi: Gauge
     drift_window: Gauge
-    flip_rate: Gauge
+    flip_ratio: Gauge
     robust_margin: Gauge
     robust_samples: Counter
     ig_delta: Histogram
@@ -71,7 +71,7 @@ def metrics() -> Metrics:
                 drift_ks_p=gauge(names.DRIFT_KS_P),
                 drift_psi=gauge(names.DRIFT_PSI),
                 drift_window=gauge(names.DRIFT_WINDOW),
-                flip_rate=gauge(names.ADV_FLIP_RATE),
+                flip_ratio=gauge(names.ADV_FLIP_RATIO),
                 robust_margin=gauge(names.ROBUST_MARGIN),
                 robust_samples=Counter(names.ROBUST_SAMPLES, d[names.ROBUST_SAMPLES]),
                 ig_delta=Histogram(names.IG_DELTA, d[names.IG_DELTA], buckets=_DELTA_BUCKETS),

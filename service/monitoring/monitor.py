@@ -220,9 +220,9 @@ class Monitor:
         with self._cv:
             self._flips.extend(flips)
             self._margins.extend(margins)
-            flip_rate = sum(self._flips) / len(self._flips)
+            flip_ratio = sum(self._flips) / len(self._flips)
             mean_margin = sum(self._margins) / len(self._margins)
-        self.m.flip_rate.set(flip_rate)
+        self.m.flip_ratio.set(flip_ratio)
         self.m.robust_margin.set(mean_margin)
         self.m.robust_samples.inc(len(x))
 

@@ -268,6 +268,18 @@ def test_grafana_mounts_what_provisioning_reads() -> None:
     assert (DEPLOY / "grafana" / "dashboards" / Path(home).name).exists()
 
 
+def test_grafana_reads_the_dashboards_the_ray_head_writes() -> None:
+    """Ray writes its Grafana dashboards to <temp dir>/session_latest/metrics/grafana/dashboards (an absolute
+    symlink to the session folder), so Grafana mounts the head's temp dir at the same path."""
+    (ray,) = [p for p in load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "robustdx.yml")["providers"]
+              if p["name"] == "ray"]  # fmt: skip
+    head = dict(m.split(":")[:2] for m in SERVICES["ray-head"]["volumes"])
+    grafana = dict(m.split(":")[:2] for m in SERVICES["grafana"]["volumes"])
+    assert head["ray-session"] == grafana["ray-session"] == "/tmp/ray"
+    assert ray["options"]["path"] == "/tmp/ray/session_latest/metrics/grafana/dashboards"
+    assert "ray-session:/tmp/ray:ro" in SERVICES["grafana"]["volumes"], "Grafana only reads them"
+
+
 # ------------------------------------------------------------------------------------------------
 # environment variables: each is read by something
 # ------------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_rayjob_submits_an_existing_sweep_to_the_cluster() -> None:
     job = one("RayJob", "robustdx-sweep-demo")["spec"]
     assert job["clusterSelector"] == {"ray.io/cluster": one("RayCluster", "robustdx")["metadata"]["name"]}
     words = job["entrypoint"].split()
-    assert words[:3] == ["python", "-m", "robustdx.flows.tune"]
+    assert words[:2] == ["robustdx", "sweep"]
     assert (REPO / words[words.index("--config") + 1]).exists()
 
 

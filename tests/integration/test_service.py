@@ -160,7 +160,7 @@ def test_model_card_health_and_openapi(client: httpx.Client, store: dict[str, st
     assert "examples" in json.dumps(spec["components"])
     md = client.get("/model/card")
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
-    assert md.text.startswith(f"# Model card: robustdx `adv_supcon_ft`") and f"`{card['version']}`" in md.text
+    assert md.text.startswith("# Model card: robustdx `adv_supcon_ft`") and f"`{card['version']}`" in md.text
     assert "## Do not use" in md.text and "| class | clean recall | robust recall |" in md.text
 
 
@@ -340,7 +340,7 @@ def test_drift_and_robustness_metrics_move_under_stain_shift(client: httpx.Clien
     assert shifted["robustdx_drift_ks_statistic"] != clean["robustdx_drift_ks_statistic"]
     assert shifted["robustdx_robust_margin"] != clean["robustdx_robust_margin"]
     assert shifted["robustdx_robustness_samples_total"] > clean["robustdx_robustness_samples_total"]
-    assert 0.0 <= shifted["robustdx_adversarial_flip_rate"] <= 1.0
+    assert 0.0 <= shifted["robustdx_adversarial_flip_ratio"] <= 1.0
     served = sum(v for k, v in shifted.items() if k.startswith("robustdx_predictions_total"))
     assert served >= 96
 

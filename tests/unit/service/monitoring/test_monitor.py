@@ -101,7 +101,7 @@ def test_sampled_images_are_attacked_in_the_background() -> None:
         m.observe(CLASSES, *batch(5), threshold=0.5)
         wait_until(lambda: m.snapshot()["attacked"] == 5, timeout=60, what="5 attacked images")
         assert sample(names.ROBUST_SAMPLES + "_total") - attacked == 5
-        assert 0.0 <= sample(names.ADV_FLIP_RATE) <= 1.0 and m.snapshot()["errors"] == 0
+        assert 0.0 <= sample(names.ADV_FLIP_RATIO) <= 1.0 and m.snapshot()["errors"] == 0
     finally:
         m.close()
 
