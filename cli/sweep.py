@@ -8,7 +8,6 @@ Ray pickles nothing of this module: the trial function is found by name
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -92,9 +91,6 @@ def sweep(
     from robustdx.flows.tune.driver import SweepError, load_sweep, run_sweep
 
     console.width = max(console.width, 140)  # the trial table is wide; in logs (no terminal) rich would assume 80 columns
-    # Every trial checkpoint forces an experiment-state snapshot (CheckpointConfig(num_to_keep=1)), which keeps a
-    # resumed sweep consistent with the trials' latest checkpoints; Ray warns about the snapshot rate otherwise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sets = [*(set_ or []), *([f"num_samples={num_samples}"] if num_samples is not None else [])]
     try:
         swept, base = load_sweep(config, sets, run_set or [])

@@ -721,8 +721,31 @@ def prepare_data(sweep: Path, run_set: Sequence[str], data: Path | None, repo: P
     return overrides
 
 
+RETRY_STATUSES = frozenset({429, 502, 503})
+RETRIES = 6
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries the answers the Prefect server marks as retryable (429, 502, 503) with exponential back-off,
+    as Prefect's own client does (``PREFECT_CLIENT_MAX_RETRIES``): its SQLite database answers 503 while
+    another writer (the deployments' runner) holds the lock. The last answer is returned as it is."""
+
+    def __init__(self, retries: int = RETRIES, backoff: float = 0.5) -> None:
+        super().__init__()
+        self.retries, self.backoff = retries, backoff
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.retries):
+            response = super().handle_request(request)
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries - 1:
+                return response
+            response.close()
+            time.sleep(min(self.backoff * 2**attempt, 8.0))
+        raise AssertionError("unreachable")  # the loop always returns on its last attempt
+
+
 def _prefect_client(api: str) -> httpx.Client:
-    return httpx.Client(base_url=api, timeout=10)
+    return httpx.Client(base_url=api, timeout=10, transport=RetryingTransport())
 
 
 def deployments_served(api: str, since: datetime) -> bool:

@@ -316,6 +316,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = True, address: str | None = None,
         SweepError: no trial reported a score (``trials.csv`` is written first).
     """
     _require_ray()
+    # Every trial checkpoint forces an experiment-state snapshot (CheckpointConfig(num_to_keep=1)), which keeps a
+    # resumed sweep consistent with the trials' latest checkpoints; Ray warns about the snapshot rate otherwise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.perf_counter()
     base = load_config(cfg.base, cfg.overrides)
     check_space(cfg, base)

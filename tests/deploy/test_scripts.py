@@ -31,7 +31,7 @@ HELP = {
     "serve.sh": [str(VENV_BIN / "bentoml"), "serve", "--help"],
     "worker.sh": [str(VENV_BIN / "prefect"), "worker", "start", "--help"],
     "ray-head.sh": [str(VENV_BIN / "ray"), "start", "--help"],
-    "alert-receiver.sh": [sys.executable, "-m", "robustdx.flows.alerts", "--help"],
+    "alert-receiver.sh": [sys.executable, "-m", "robustdx.cli", "alert-receiver", "--help"],
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -176,6 +177,42 @@ def test_the_bentoml_client_of_the_readme_works(server: Server, tmp_path: Path) 
     assert pred["label"] in ("normal", "tumor") and set(pred["probabilities"]) == {"normal", "tumor"}
     assert explained["prediction"]["label"] == pred["label"] and len(explained["attribution"]["attribution"]) == 8
     assert explained["attack"]["eps"] == pytest.approx(4 / 255)
+
+
+def test_robustdx_serve_starts_the_pinned_model(store: dict[str, str], tmp_path: Path) -> None:
+    """``robustdx serve --tag`` as a user runs it (own home: servers sharing one share their metrics)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from robustdx.core.util import free_port
+
+    home = tmp_path / "bentoml"
+    for part in ("models", "robustdx"):  # the store and the pointer, not the running server's files
+        shutil.copytree(Path(store["home"]) / part, home / part)
+    port = free_port()
+    cmd = [sys.executable, "-m", "robustdx.cli", "serve", "--home", str(home), "--tag", store["b"], "--port", str(port)]
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "ROBUSTDX_POINTER_POLL_SECONDS": "0"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 120, "robustdx serve")
+        card = httpx.get(f"http://127.0.0.1:{port}/model", timeout=10).json()
+        assert card["tag"] == store["b"] and card["pinned_by_env"] == store["b"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    assert f"serving {store['b']}" in (tmp_path / "serve.log").read_text()
 
 
 # ------------------------------------------------------------------------------------------------

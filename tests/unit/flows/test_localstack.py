@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -298,3 +299,39 @@ def test_an_unreadable_state_file_is_an_error_not_a_guess(tmp_path: Path, capsys
     state_path(tmp_path).write_text('{"components": [{"name": "prefect"}]}')
     done = CliRunner().invoke(app, ["stack", "down", "--root", str(tmp_path)])
     assert done.exit_code == 1 and "unreadable" in done.output and state_path(tmp_path).exists()
+
+
+def test_the_prefect_client_retries_what_the_server_marks_retryable() -> None:
+    """Prefect answers 503 while its SQLite database is locked; its own client retries, so does ours."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(body.decode())
+            code = 503 if len(seen) < 3 else 201
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        transport = localstack.RetryingTransport(backoff=0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}", transport=transport) as client:
+            assert client.post("/create", json={"a": 1}).status_code == 201
+            assert seen == ['{"a":1}'] * 3  # the same body, re-sent
+            seen.clear()
+            transport.retries = 2
+            assert client.post("/create", json={"a": 1}).status_code == 503  # gives up with the last answer
+            assert len(seen) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
