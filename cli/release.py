@@ -21,15 +21,15 @@ def info(
     card: Annotated[bool, typer.Option("--card", help="Print the bundle's model card (Markdown) instead.")] = False,
 ) -> None:
     """Verify a model bundle (SHA-256 of every file, architecture) and show what it holds."""
-    from robustdx.core.evaluation.model_card import render_model_card
+    from robustdx.core.evaluation.model_card import model_card_of
     from robustdx.core.release.bundle import load_bundle
 
     try:
         b = load_bundle(bundle)
     except BundleError as err:
         fail(err)
-    if card:  # rendered from the metrics for a bundle written before model cards
-        print(b.model_card or render_model_card(b.config, b.metrics, b.data_card, b.version))
+    if card:
+        print(model_card_of(b))
         return
     summary = {
         "path": str(b.path),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -41,13 +40,14 @@ def serve(
         load_bundle_from_store(chosen, env["BENTOML_HOME"])  # fail here, with the reason, not in a restarting worker
     except (LookupError, BundleError, FileNotFoundError) as err:
         fail(f"{err} (train and promote a model first, e.g. `make demo`)")
-    bentoml = Path(sys.executable).with_name("bentoml")
-    exe = str(bentoml) if bentoml.exists() else shutil.which("bentoml")
+    from robustdx.service.local import SERVICE, bentoml_executable
+
+    exe = bentoml_executable()
     if exe is None:
         fail("bentoml is not installed: pip install 'robustdx[serve]'")
     console.print(f"serving {chosen} from {env['BENTOML_HOME']} on http://{host}:{port} (Ctrl-C stops)")
     sys.stdout.flush()
-    os.execve(exe, [exe, "serve", "robustdx.service.app:RobustDx", "--host", host, "--port", str(port)], env)
+    os.execve(exe, [exe, "serve", SERVICE, "--host", host, "--port", str(port)], env)
 
 
 def serve_demo(

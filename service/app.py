@@ -284,12 +284,9 @@ class RobustDx:
 
     def model_card_markdown(self) -> str:
         """The bundle's MODEL_CARD.md; rendered from its metrics for a bundle written before model cards."""
-        b = self._state.bundle
-        if b.model_card is not None:
-            return b.model_card
-        from robustdx.core.evaluation.model_card import render_model_card
+        from robustdx.core.evaluation.model_card import model_card_of
 
-        return render_model_card(b.config, b.metrics, b.data_card, b.version)
+        return model_card_of(self._state.bundle)
 
     # ---- APIs ---------------------------------------------------------------------------------
     @bentoml.api(route="/predict")

@@ -25,6 +25,12 @@ SERVICE = "robustdx.service.app:RobustDx"
 STARTUP_FAILURE = "robustdx service cannot start"
 
 
+def bentoml_executable() -> str | None:
+    """The ``bentoml`` of this Python's environment, else the one on PATH (None when neither exists)."""
+    beside = Path(sys.executable).with_name("bentoml")
+    return str(beside) if beside.exists() else shutil.which("bentoml")
+
+
 class LocalServer:
     """``with LocalServer(env, log) as srv: srv.url`` — a running service; always stopped on exit."""
 
@@ -38,10 +44,7 @@ class LocalServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalServer:
-        bentoml = Path(sys.executable).with_name("bentoml")
-        if not bentoml.exists():
-            bentoml = Path(shutil.which("bentoml") or "bentoml")
-        cmd = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [bentoml_executable() or "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
         self._fh = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, cwd=self.cwd, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True

@@ -13,6 +13,7 @@ from typing import Any
 
 from robustdx.core.config import RunConfig
 from robustdx.core.config.run import Recipe
+from robustdx.core.release.bundle import Bundle
 
 MODALITY = {
     "camelyon17": "haematoxylin-and-eosin stained lymph-node histopathology patches (WILDS Camelyon17 layout)",
@@ -184,3 +185,8 @@ def render_model_card(cfg: RunConfig, metrics: dict[str, Any], data_card: dict[s
         "",
     ]
     return "\n".join(lines)
+
+
+def model_card_of(bundle: Bundle) -> str:
+    """The bundle's ``MODEL_CARD.md``; rendered from its metrics for a bundle written before model cards."""
+    return bundle.model_card or render_model_card(bundle.config, bundle.metrics, bundle.data_card, bundle.version)
