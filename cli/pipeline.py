@@ -37,6 +37,9 @@ def demo(
     if not os.environ.get("PREFECT_API_URL"):  # Prefect's temporary server, with its database kept in runs/prefect
         os.environ.setdefault("PREFECT_HOME", str(runs / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Prefect waits 20 s for it by default; a first start in a fresh environment (bytecode compiled, database
+        # migrated) on 2 busy cores can take longer, and the demo then failed once in a clean clone
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from robustdx.flows.params import RetrainParams, SweepParams
     from robustdx.flows.pipeline import retrain_flow
 
