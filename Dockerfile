@@ -97,8 +97,10 @@ WORKDIR /app
 # owned by root, so the runtime user can read the code and configurations but not change them
 COPY . /app
 # /tmp/ray: the Ray head's session files (compose volume ray-session; Grafana reads Ray's dashboards from it)
+# /var/lib/robustdx/mlflow: the MLflow server's artifact store (compose volume mlflow-artifacts)
 RUN mkdir -p /app/runs /app/data /tmp/ray \
         /var/lib/robustdx/bentoml /var/lib/robustdx/prefect /var/lib/robustdx/prefect-worker /var/lib/robustdx/prefect-receiver \
+        /var/lib/robustdx/mlflow \
     && chown -R robustdx:robustdx /app/runs /app/data /tmp/ray /var/lib/robustdx
 ENV BENTOML_HOME=/var/lib/robustdx/bentoml \
     BENTOML_DO_NOT_TRACK=True \

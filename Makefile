@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 come from this machine's disk through pip (see FACTS.md)
 	$(PY) -m pip install --quiet -e '.[orchestrate,serve,dev]'
+	# the tests' reference PGD; its requests~=2.25.1 pin clashes with MLflow's, and it needs nothing more (see pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with every extra (about 2-3 minutes the first time)
@@ -62,10 +64,11 @@ stack:  ## start the compose stack (needs Docker); creates its secrets on the fi
 	deploy/make-secrets.sh
 	docker compose -f deploy/compose.yaml up -d --build
 
-up: venv  ## the whole stack as local processes on 127.0.0.1, no Docker: Prefect UI :4200, service :3000, Prometheus :9090, Alertmanager :9093, Pushgateway :9091 (first run retrains a model, ~3 min)
+up: venv  ## the whole stack under supervisord on 127.0.0.1, no Docker: Prefect UI :4200, MLflow UI :5000, service :3000, Prometheus :9090, Alertmanager :9093, Pushgateway :9091 (first run retrains a model, ~3 min)
+	deploy/bin/install-tools.sh monitoring
 	$(VENV)/bin/robustdx stack up
 
-down:  ## stop exactly what `make up` started
+down:  ## stop what `make up` started (supervisorctl shutdown)
 	$(VENV)/bin/robustdx stack down
 
 clean:  ## stop a `make up` stack, remove runs and synthetic data (keeps the venv)

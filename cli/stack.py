@@ -10,9 +10,9 @@ import typer
 from robustdx.cli.common import fail
 
 stack_app = typer.Typer(
-    help="The robustdx stack as local processes on 127.0.0.1 (make up / make down): Prefect server and UI, the retrain "
-    "deployments, bentoml serve with the production model, Prometheus, Alertmanager, the Pushgateway and the alert "
-    "receiver. No Docker needed; all state lives under --root.",
+    help="The robustdx stack as local processes on 127.0.0.1 under supervisord (make up / make down): Prefect server and "
+    "UI, the MLflow tracking server and UI, the retrain deployments, bentoml serve with the production model, Prometheus, "
+    "Alertmanager, the Pushgateway and the alert receiver. No Docker needed; all state lives under --root.",
     no_args_is_help=True,
 )
 RootOpt = Annotated[Path | None, typer.Option("--root", help="State folder (default: runs/stack).")]
@@ -24,13 +24,13 @@ def _stack(ctx: typer.Context, root: RootOpt = None) -> None:
 
 
 def _root(ctx: typer.Context, root: Path | None) -> Path:
-    from robustdx.flows.localstack import DEFAULT_ROOT
+    from robustdx.flows.stackconf import DEFAULT_ROOT
 
     return root or ctx.obj or DEFAULT_ROOT
 
 
 def _ports(values: list[str]) -> dict[str, int]:
-    from robustdx.flows.localstack import DEFAULT_PORTS, parse_port
+    from robustdx.flows.stackconf import DEFAULT_PORTS, parse_port
 
     try:
         return {**DEFAULT_PORTS, **dict(parse_port(v) for v in values)}
@@ -55,11 +55,17 @@ def up(
         bool, typer.Option("--fast-alerts", help="1 s scrape/evaluation intervals and Alertmanager waits (tests).")
     ] = False,
     first_model_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the first model.")] = 3600.0,
+    mlflow_store: Annotated[
+        Path, typer.Option(help="MLflow's database and artifacts (the command line's default tracking store).")
+    ] = Path("runs/mlflow"),
 ) -> None:
-    """Start every component, wait until each is ready, print their URLs and logs (a first model is retrained
-    when none is promoted yet). Exit code 1 when the stack cannot start; what was started is stopped again."""
-    from robustdx.flows.localstack import StackError, ToolsUnavailable, UpOptions
+    """Write <root>/supervisord.conf, start supervisord and every program in order, each once the previous one is
+    ready, print their URLs and logs (a first model is retrained when none is promoted yet). Exit code 1 when the
+    stack cannot start; supervisord is shut down again. The monitoring binaries come from
+    deploy/bin/install-tools.sh monitoring (make up runs it)."""
+    from robustdx.flows.localstack import StackError, UpOptions
     from robustdx.flows.localstack import up as stack_up
+    from robustdx.flows.stackconf import ToolsUnavailable
 
     opts = UpOptions(
         root=_root(ctx, root),
@@ -70,6 +76,7 @@ def up(
         data=data,
         fast_alerts=fast_alerts,
         first_model_timeout=first_model_timeout,
+        mlflow_store=mlflow_store,
     )
     try:
         code = stack_up(opts)
@@ -82,9 +89,9 @@ def up(
 def down(
     ctx: typer.Context,
     root: RootOpt = None,
-    timeout: Annotated[float, typer.Option(min=0, help="Seconds before SIGKILL.")] = 15.0,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for supervisord to exit.")] = 150.0,
 ) -> None:
-    """Stop every recorded process, newest first."""
+    """supervisorctl shutdown: stop every program (SIGTERM to its process group, SIGKILL after 15 s), then supervisord."""
     from robustdx.flows.localstack import StackError
     from robustdx.flows.localstack import down as stack_down
 
@@ -97,7 +104,7 @@ def down(
 
 @stack_app.command()
 def status(ctx: typer.Context, root: RootOpt = None) -> None:
-    """Each component: pid, alive, ready, URL. Exit code 0 when all are ready."""
+    """supervisorctl status: each program's state, pid and uptime. Exit code 0 when all run."""
     from robustdx.flows.localstack import StackError
     from robustdx.flows.localstack import status as stack_status
 

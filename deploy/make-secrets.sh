@@ -5,6 +5,7 @@
 #   deploy/secrets/prefect-password        the password of PREFECT_AUTH_STRING (Prometheus scrapes with it)
 #   deploy/secrets/alert-token             Alertmanager -> alert receiver bearer secret
 #   deploy/secrets/grafana-admin-password  Grafana's admin password (user admin)
+#   deploy/secrets/postgres-password       PostgreSQL user robustdx (the Prefect server's and MLflow's databases)
 # docker compose -f deploy/compose.yaml up refuses to start until they exist. Read one with e.g.
 #   cat deploy/secrets/grafana-admin-password
 set -eu
@@ -14,7 +15,7 @@ secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
 umask 077
 mkdir -p "$deploy/secrets"
 chmod 700 "$deploy/secrets"
-for name in prefect-password alert-token grafana-admin-password; do
+for name in prefect-password alert-token grafana-admin-password postgres-password; do
     file="$deploy/secrets/$name"
     if [ ! -s "$file" ]; then
         secret > "$file"

@@ -14,13 +14,13 @@ service, the receiver) exists once per test session. The Prefect server is the r
 
 Fixtures: ``monitoring_tools`` (session), ``model_home``, ``service``, ``pushgateway``,
 ``alert_receiver`` (session) and ``alert_pipeline`` (module: service -> Prometheus -> Alertmanager ->
-receiver -> Prefect). The generic parts are product code in :mod:`robustdx.flows.localstack` (``make up``
-starts the same processes), imported from there:
+receiver -> Prefect). The configuration rewrites are product code in :mod:`robustdx.flows.stackconf`
+(``make up`` runs the same programs under supervisord), imported from there:
 
-* :func:`ensure_tools`: finds the Prometheus binaries, installing the Debian packages when they are
-  missing and we are root; fails with the command to run otherwise (never a silent skip).
-* :class:`Proc` (a process in its own group, ready-checked over HTTP) and, here,
-  :func:`start_on_free_port`: a process on a free port.
+* ``monitoring_tools`` runs ``deploy/bin/install-tools.sh monitoring`` (it installs the Debian packages
+  when they are missing and we are root, as in CI) and fails with its message otherwise (never a skip).
+* :class:`tests.support.procs.Proc` (a process in its own group, ready-checked over HTTP) and
+  :func:`tests.support.procs.start_on_free_port`: the tests' one process helper.
 * :func:`local_prometheus_config` / :func:`local_alertmanager_config`: the shipped configurations
   pointed at the local processes, here with 1 s intervals (:data:`TEST_INTERVAL`); job names,
   ``honor_labels``, routes and matchers are kept, so what the alert rules select on is tested as shipped.
@@ -30,7 +30,6 @@ starts the same processes), imported from there:
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,19 +43,20 @@ import numpy as np
 import pytest
 
 from robustdx.core.util import free_port, wait_until
-from robustdx.flows import localstack
-from robustdx.flows.localstack import (
-    INSTALL_COMMAND,  # noqa: F401 - test_stack.py checks the command ensure_tools runs
-    Proc,
+from robustdx.flows import stackconf
+from robustdx.flows.localstack import admin_token
+from robustdx.flows.stackconf import (
     Tools,
-    ToolsUnavailable,
     alertmanager_argv,
-    ensure_tools,
+    find_tools,
     load_yaml,
     prometheus_argv,
     pushgateway_argv,
     write_yaml,
 )
+from tests.support.procs import Proc, install_tools, start_on_free_port
+
+__all__ = ["Proc", "Tools", "load_yaml", "start_on_free_port"]  # what the deploy tests import from here
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -68,35 +68,9 @@ VENV_BIN = Path(sys.executable).parent
 
 # job names of deploy/prometheus/prometheus.yml that the tests run locally (the rest — Ray, Prefect,
 # Grafana — are dropped from the local config; test_compose checks they exist in the shipped one)
-SERVICE_JOB = localstack.SCRAPE_JOBS["service"]
-PUSHGATEWAY_JOB = localstack.SCRAPE_JOBS["pushgateway"]
+SERVICE_JOB = stackconf.SCRAPE_JOBS["service"]
+PUSHGATEWAY_JOB = stackconf.SCRAPE_JOBS["pushgateway"]
 TEST_INTERVAL = "1s"  # scrape / evaluation intervals and Alertmanager group waits: rules fill in seconds
-
-
-# ------------------------------------------------------------------------------------------------
-# processes
-# ------------------------------------------------------------------------------------------------
-def start_on_free_port(
-    name: str,
-    cmd: Callable[[int], Sequence[str]],
-    log: Path,
-    ready: str = "/",
-    env: Callable[[int], Mapping[str, str]] | None = None,
-    timeout: float = 60.0,
-    attempts: int = 3,
-) -> Proc:
-    """Start ``cmd(port)`` on a free 127.0.0.1 port; retried on a new port when another process took
-    the port between choosing it and binding it (the race every free-port helper has)."""
-    for attempt in range(attempts):
-        port = free_port()
-        proc = Proc(name, cmd(port), log, port, ready=ready, env=env(port) if env else {}, timeout=timeout)
-        try:
-            return proc.start()
-        except RuntimeError:
-            if attempt + 1 < attempts and re.search(r"address already in use", proc.tail(), re.IGNORECASE):
-                continue
-            raise
-    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,13 +79,13 @@ def start_on_free_port(
 def local_prometheus_config(
     targets: Mapping[str, str], rule_files: Sequence[Path], alertmanager: str | None = None
 ) -> dict[str, Any]:
-    """:func:`robustdx.flows.localstack.local_prometheus_config` with :data:`TEST_INTERVAL` intervals."""
-    return localstack.local_prometheus_config(targets, rule_files, alertmanager, TEST_INTERVAL, REPO)
+    """:func:`robustdx.flows.stackconf.local_prometheus_config` with :data:`TEST_INTERVAL` intervals."""
+    return stackconf.local_prometheus_config(targets, rule_files, alertmanager, TEST_INTERVAL, REPO)
 
 
 def local_alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
-    """:func:`robustdx.flows.localstack.local_alertmanager_config` with :data:`TEST_INTERVAL` group waits."""
-    return localstack.local_alertmanager_config(webhook_url, token_file, TEST_INTERVAL, REPO)
+    """:func:`robustdx.flows.stackconf.local_alertmanager_config` with :data:`TEST_INTERVAL` group waits."""
+    return stackconf.local_alertmanager_config(webhook_url, token_file, TEST_INTERVAL, REPO)
 
 
 def start_prometheus(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
@@ -132,7 +106,7 @@ def start_pushgateway(tools: Tools, workdir: Path) -> Proc:
 
 
 def start_alertmanager(tools: Tools, config: Mapping[str, Any], workdir: Path) -> Proc:
-    """A real Alertmanager (clustering off, see :func:`robustdx.flows.localstack.alertmanager_argv`)."""
+    """A real Alertmanager (clustering off, see :func:`robustdx.flows.stackconf.alertmanager_argv`)."""
     cfg = write_yaml(workdir / "alertmanager.yml", config)
     return start_on_free_port(
         "alertmanager",
@@ -143,13 +117,11 @@ def start_alertmanager(tools: Tools, config: Mapping[str, Any], workdir: Path) -
 
 
 def free_stack_ports() -> dict[str, int]:
-    """A distinct free 127.0.0.1 port for every component of ``make up`` (flows/localstack.py)."""
-    from robustdx.flows.localstack import DEFAULT_PORTS
-
+    """A distinct free 127.0.0.1 port for every program of ``make up`` (flows/stackconf.py)."""
     ports: set[int] = set()
-    while len(ports) < len(DEFAULT_PORTS):
+    while len(ports) < len(stackconf.DEFAULT_PORTS):
         ports.add(free_port())
-    return dict(zip(DEFAULT_PORTS, sorted(ports), strict=True))
+    return dict(zip(stackconf.DEFAULT_PORTS, sorted(ports), strict=True))
 
 
 def host_port(proc: Proc) -> str:
@@ -305,11 +277,9 @@ SERVICE_ENV = {
 
 @pytest.fixture(scope="session")
 def monitoring_tools() -> Tools:
-    """prometheus, promtool, alertmanager and pushgateway binaries (installed when missing, as root)."""
-    try:
-        return ensure_tools()
-    except ToolsUnavailable as err:
-        pytest.fail(str(err), pytrace=False)
+    """prometheus, promtool, alertmanager and pushgateway binaries (deploy/bin/install-tools.sh monitoring)."""
+    install_tools("monitoring")
+    return find_tools()
 
 
 @pytest.fixture(scope="session")
@@ -383,8 +353,8 @@ def start_receiver(api_url: str, workdir: Path, token_file: Path) -> Proc:
 def alert_token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bearer secret Alertmanager sends and the receiver requires (as the compose secret does)."""
     root = tmp_path_factory.mktemp("alert_secret")
-    localstack.admin_token(root, localstack.ALERT_TOKEN_FILE)
-    return root / localstack.ALERT_TOKEN_FILE
+    admin_token(root, stackconf.ALERT_TOKEN_FILE)
+    return root / stackconf.ALERT_TOKEN_FILE
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ build target that exists in the Dockerfile; every bind-mounted file exists; ever
 service uses to reach another (env values, Prometheus targets, the Alertmanager webhook, Grafana's
 datasource, healthchecks) names a compose service and a port it listens on; named volumes are declared,
 and those mounted into our images are folders the image creates for its non-root user; and every
-environment variable is one that the code, the scripts or the named tool actually reads.
+environment variable is one that the code, the scripts or the named tool actually reads. State lives in
+PostgreSQL (the Prefect server's and MLflow's databases; tests/integration/test_postgres.py runs both servers
+on a real one the way compose does).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from robustdx.flows.alerts import DEFAULT_PORT
 from robustdx.service.settings import ServiceSettings, env_name
 from tests.deploy.dockerfile import parse
 from tests.deploy.stack import ALERTMANAGER_YML, BIN, DEPLOY, PROMETHEUS_DIR, REPO, load_yaml
+from tests.support.postgres import statements
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +35,9 @@ COMPOSE = load_yaml(DEPLOY / "compose.yaml")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKER = parse()
 EXPECTED = {
+    "postgres",
     "prefect-server",
+    "mlflow",
     "prefect-worker",
     "ray-head",
     "service",
@@ -57,6 +63,11 @@ def command(service: str) -> list[str]:
     return cmd.exec_form() if cmd else []
 
 
+def option(cmd: list[str], name: str) -> str:
+    """The value after ``name`` in a command."""
+    return cmd[cmd.index(name) + 1]
+
+
 def script_defaults(script: Path) -> dict[str, str]:
     """``${NAME:-default}`` of a deploy/bin script."""
     return dict(re.findall(r"\$\{(\w+):-([^}]*)\}", script.read_text()))
@@ -78,7 +89,7 @@ def listening(service: str) -> set[int]:
     return ports
 
 
-DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "pushgateway": 9091, "grafana": 3000}
+DEFAULT_PORTS = {"prometheus": 9090, "alertmanager": 9093, "pushgateway": 9091, "grafana": 3000, "postgres": 5432}
 
 
 def endpoints() -> Iterator[tuple[str, str, int]]:
@@ -89,6 +100,9 @@ def endpoints() -> Iterator[tuple[str, str, int]]:
         for key, value in env(name).items():
             for host, port in pattern.findall(value):
                 yield f"{name} env {key}", host, int(port)
+        for word in command(name):
+            for host, port in pattern.findall(word):
+                yield f"{name} command", host, int(port)
         for word in (spec.get("healthcheck") or {}).get("test", []):
             for _host, port in re.findall(r"//(127\.0\.0\.1|localhost):(\d+)", word):
                 yield f"{name} healthcheck", name, int(port)
@@ -128,7 +142,9 @@ def test_service_has_a_pinned_image_or_a_dockerfile_target(name: str) -> None:
         assert spec["image"].endswith(":local"), "name our images so the four train services share one build"
     else:
         image, _, tag = spec["image"].rpartition(":")
-        assert image and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin the image by version, got {spec['image']}"
+        # PostgreSQL versions are major.minor (15.18), on the Debian release the tests' package comes from
+        version = r"\d+\.\d+-bookworm" if image == "postgres" else r"v?\d+\.\d+\.\d+"
+        assert image and re.fullmatch(version, tag), f"{name}: pin the image by version, got {spec['image']}"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -169,6 +185,7 @@ def test_ports_agree_with_the_code() -> None:
     assert "127.0.0.1:3001:3000" in SERVICES["grafana"]["ports"]
     assert {"8265", "10001"} <= {str(p) for p in SERVICES["ray-head"]["expose"]}
     assert env("prefect-worker")[contracts.ENV_PUSHGATEWAY] == "pushgateway:9091"
+    assert "127.0.0.1:5000:5000" in SERVICES["mlflow"]["ports"] and option(command("mlflow"), "--port") == "5000"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,7 +198,7 @@ def test_published_ports_bind_loopback_only(name: str) -> None:
 
 
 def test_code_execution_and_push_planes_are_not_published() -> None:
-    for name in ("ray-head", "pushgateway", "alert-receiver", "prefect-worker"):
+    for name in ("ray-head", "pushgateway", "alert-receiver", "prefect-worker", "postgres"):
         assert not SERVICES[name].get("ports"), f"{name} must not be published"
 
 
@@ -281,6 +298,119 @@ def test_grafana_reads_the_dashboards_the_ray_head_writes() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# state in PostgreSQL: the Prefect server and MLflow
+# ------------------------------------------------------------------------------------------------
+DB_URL = re.compile(r"postgresql\+(\w+)://([^@/]+)@postgres:5432/(\w+)")
+
+
+def database_urls(name: str) -> list[re.Match[str]]:
+    """The PostgreSQL URLs a service is given, in its environment or on its command line."""
+    return [m for word in [*env(name).values(), *command(name)] for m in DB_URL.finditer(word)]
+
+
+POSTGRES_CLIENTS = sorted(name for name in SERVICES if database_urls(name))
+
+
+def test_prefect_server_and_mlflow_are_the_postgres_clients() -> None:
+    assert POSTGRES_CLIENTS == ["mlflow", "prefect-server"]
+    (prefect,) = database_urls("prefect-server")
+    assert prefect.group(1, 2, 3) == ("asyncpg", "robustdx", "prefect"), "Prefect's server needs the async driver"
+    (mlflow,) = database_urls("mlflow")
+    assert mlflow.group(1, 2, 3) == ("psycopg", "robustdx", "mlflow"), "psycopg 3 is what the orchestrate extra installs"
+    assert option(command("mlflow"), "--backend-store-uri") == mlflow.group(0)
+
+
+def test_no_sqlite_is_left_in_the_stack() -> None:
+    for name in SERVICES:
+        for word in [*env(name).values(), *command(name)]:
+            assert "sqlite" not in word.lower(), f"{name}: {word}"
+
+
+def test_prefect_reads_the_database_url_from_the_variable_compose_sets() -> None:
+    """Prefect 3.9's name for it is PREFECT_SERVER_DATABASE_CONNECTION_URL (PREFECT_API_... is a legacy alias)."""
+    from prefect.settings import Settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+            mp.delenv(key)
+        for key, value in env("prefect-server").items():
+            mp.setenv(key, value)
+        url = Settings().server.database.connection_url
+    assert url is not None and url.get_secret_value() == database_urls("prefect-server")[0].group(0)
+
+
+@pytest.mark.parametrize("name", POSTGRES_CLIENTS)
+def test_postgres_clients_wait_for_it_and_get_the_password_from_the_secret(name: str) -> None:
+    spec = SERVICES[name]
+    assert spec["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "postgres-password" in spec["secrets"]
+    for url in database_urls(name):
+        assert ":" not in url.group(2), f"{name}: no password in a URL (it would show in docker inspect)"
+    assert "/run/secrets/postgres-password" in " ".join(spec["entrypoint"]), f"{name}: PGPASSWORD comes from the secret"
+    assert not DOCKER.stages[spec["build"]["target"]].all("ENTRYPOINT"), "the image's own ENTRYPOINT would be lost"
+
+
+def test_postgres_password_and_databases_come_from_the_shipped_files() -> None:
+    pg = env("postgres")
+    assert pg["POSTGRES_USER"] == "robustdx" == database_urls("mlflow")[0].group(2)
+    assert pg["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres-password"
+    assert "postgres-password" in SERVICES["postgres"]["secrets"] and "postgres-password" in COMPOSE["secrets"]
+    mounts = dict(m.split(":")[:2] for m in SERVICES["postgres"]["volumes"])
+    init = DEPLOY / mounts.pop("./postgres/init.sql").replace("/docker-entrypoint-initdb.d/", "postgres/")
+    assert mounts == {"postgres-data": "/var/lib/postgresql/data"}
+    created = {m.group(1) for s in statements(init.read_text()) if (m := re.fullmatch(r"CREATE DATABASE (\w+)", s))}
+    assert created == {url.group(3) for name in POSTGRES_CLIENTS for url in database_urls(name)}
+
+
+def test_postgres_is_healthy_only_when_it_answers_over_tcp() -> None:
+    """The image's first start runs init.sql on a temporary server that listens on its Unix socket only: a
+    socket check would report ready before the databases exist."""
+    test = SERVICES["postgres"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"] and option(test, "-h") == "127.0.0.1" and option(test, "-U") == "robustdx"
+
+
+def _entrypoint_script() -> str:
+    entry = SERVICES["prefect-server"]["entrypoint"]
+    assert entry == SERVICES["mlflow"]["entrypoint"] and entry[:2] == ["/bin/sh", "-c"]
+    return entry[2].replace("$$", "$")  # compose's escape of a literal $
+
+
+def test_the_password_entrypoint_exports_pgpassword_and_execs_the_command(tmp_path: Path) -> None:
+    secret = tmp_path / "postgres-password"
+    secret.write_text("s3cret-value\n")
+    script = _entrypoint_script().replace("/run/secrets/postgres-password", str(secret))
+    probe = [sys.executable, "-c", "import os, sys; print(os.environ['PGPASSWORD'], sys.argv[1:])", "a b", "--port"]
+    done = subprocess.run(["/bin/sh", "-c", script, "name", *probe], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout == "s3cret-value ['a b', '--port']\n", done.stderr
+    secret.unlink()
+    done = subprocess.run(["/bin/sh", "-c", script, "name", *probe], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and not done.stdout, "no secret: the server must not start without a password"
+
+
+def test_mlflow_serves_artifacts_from_its_volume_and_accepts_its_clients_host_names() -> None:
+    cmd = command("mlflow")
+    assert cmd[:2] == ["mlflow", "server"]
+    help_env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    text = subprocess.run([mlflow, "server", "--help"], capture_output=True, text=True, env=help_env, check=True).stdout
+    assert {w for w in cmd if w.startswith("--")} <= set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
+    mounts = dict(m.split(":")[:2] for m in SERVICES["mlflow"]["volumes"])
+    assert mounts["mlflow-artifacts"] == option(cmd, "--artifacts-destination")
+    # MLflow answers 403 to other Host headers (DNS-rebinding protection; /health is exempt, so the
+    # healthcheck would not notice): the name its clients use, and the published port for the browser
+    allowed = set(option(cmd, "--allowed-hosts").split(","))
+    users = {env(n)["MLFLOW_TRACKING_URI"] for n in SERVICES if "MLFLOW_TRACKING_URI" in env(n)}
+    assert users == {"http://mlflow:5000"} and "mlflow:5000" in allowed
+    assert {"localhost:5000", "127.0.0.1:5000"} <= allowed
+
+
+@pytest.mark.parametrize("name", ["prefect-worker", "ray-head"])
+def test_training_services_track_to_the_stack_mlflow(name: str) -> None:
+    assert env(name)["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert SERVICES[name]["depends_on"]["mlflow"] == {"condition": "service_healthy"}
+
+
+# ------------------------------------------------------------------------------------------------
 # environment variables: each is read by something
 # ------------------------------------------------------------------------------------------------
 def _site_packages() -> Path:
@@ -311,6 +441,7 @@ def _is_prefect_setting(name: str, value: str) -> bool:
 
 ALL_ENV = sorted({(k, v) for name in SERVICES for k, v in env(name).items()})
 OURS = [REPO / "core", REPO / "flows", REPO / "service"]
+POSTGRES_ENV = {"POSTGRES_USER", "POSTGRES_PASSWORD_FILE", "POSTGRES_INITDB_ARGS"}  # the postgres image's entrypoint
 GRAFANA_ENV = {
     "GF_AUTH_ANONYMOUS_ENABLED",
     "GF_SECURITY_ADMIN_PASSWORD__FILE",
@@ -331,6 +462,10 @@ def test_environment_variable_is_read_by_something(key: str, value: str) -> None
         assert _mentioned(key, [_site_packages() / "bentoml"]), f"BentoML does not read {key}"
     elif key.startswith("RAY_"):
         assert key in scripts or _mentioned(key, [REPO / "flows", _site_packages() / "ray" / "dashboard"]), f"nothing reads {key}"
+    elif key.startswith("MLFLOW_"):
+        assert _mentioned(key, [REPO / "flows", _site_packages() / "mlflow"]), f"nothing reads {key}"
+    elif key.startswith("POSTGRES_"):
+        assert key in POSTGRES_ENV, f"{key}: add it to the reviewed postgres image settings (cannot be checked offline)"
     elif key.startswith("GF_"):
         assert key in GRAFANA_ENV, f"{key}: add it to the reviewed Grafana settings list (cannot be checked offline)"
     else:

@@ -25,7 +25,9 @@ from robustdx.service.local import SERVICE
 from tests.deploy.dockerfile import parse
 from tests.deploy.stack import BIN, DEPLOY, VENV_BIN, Proc, load_yaml, start_on_free_port
 
-SCRIPTS = sorted(p for p in BIN.glob("*.sh"))
+# set-up scripts run once on a machine (not a container's start command): checked on their own below
+SETUP_SCRIPTS = {"install-tools.sh"}
+SCRIPTS = sorted(p for p in BIN.glob("*.sh") if p.name not in SETUP_SCRIPTS)
 # script -> the command whose --help must list every option the script passes
 HELP = {
     "serve.sh": [str(VENV_BIN / "bentoml"), "serve", "--help"],
@@ -49,6 +51,17 @@ def help_text(cmd: list[str]) -> str:
 @pytest.mark.unit
 def test_every_script_has_a_help_command() -> None:
     assert {p.name for p in SCRIPTS} == set(HELP)
+
+
+@pytest.mark.unit
+def test_install_tools_script_is_valid_bash_with_usage() -> None:
+    script = BIN / "install-tools.sh"
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 0 and all(group in usage.stdout for group in ("monitoring", "postgres", "chromium"))
+    unknown = subprocess.run([str(script), "nope"], capture_output=True, text=True, check=False)
+    assert unknown.returncode == 2 and "unknown group 'nope'" in unknown.stderr
 
 
 @pytest.mark.unit

@@ -1,70 +1,37 @@
-"""The test stack's own logic: tool installation (without running apt-get) and the config rewrites."""
+"""The test stack's own logic: the monitoring binaries are looked up (installing them is the set-up script's
+job, deploy/bin/install-tools.sh), and the config rewrites."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from robustdx.flows import localstack
+from robustdx.flows import stackconf
 from tests.deploy import stack
+from tests.support.procs import install_tools
 
 pytestmark = pytest.mark.unit
 
 
-class FakeApt:
-    """Stands in for subprocess.run: records commands; 'installs' the tools on the n-th install."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, succeed_on_install: int) -> None:
-        self.calls: list[list[str]] = []
-        self.installed = False
-        self.succeed_on = succeed_on_install
-        monkeypatch.setattr(localstack.shutil, "which", lambda name: f"/usr/bin/{name}" if self.installed else None)
-
-    def __call__(self, cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        self.calls.append(cmd)
-        installs = sum(c[:2] == ["apt-get", "install"] for c in self.calls)
-        ok = cmd[:2] == ["apt-get", "update"] or installs >= self.succeed_on
-        if cmd[:2] == ["apt-get", "install"] and ok:
-            self.installed = True
-        return subprocess.CompletedProcess(cmd, 0 if ok else 100, "", "" if ok else "E: Unable to locate package prometheus")
+def test_tools_are_looked_up_never_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stackconf.shutil, "which", lambda name: f"/usr/bin/{name}")
+    tools = stackconf.find_tools()
+    assert tools.promtool == Path("/usr/bin/promtool") and tools.amtool == Path("/usr/bin/amtool")
+    monkeypatch.setattr(stackconf.shutil, "which", lambda name: None if name == "promtool" else f"/usr/bin/{name}")
+    with pytest.raises(stackconf.ToolsUnavailable, match=r"missing promtool .*deploy/bin/install-tools.sh monitoring"):
+        stackconf.find_tools()
 
 
-def test_tools_present_means_no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
-    apt = FakeApt(monkeypatch, succeed_on_install=1)
-    apt.installed = True
-    tools = stack.ensure_tools(run=apt)
-    assert apt.calls == [] and tools.promtool == Path("/usr/bin/promtool") and tools.amtool == Path("/usr/bin/amtool")
+def test_product_code_runs_no_package_manager() -> None:
+    for path in [*(stack.REPO / "flows").rglob("*.py"), *(stack.REPO / "cli").rglob("*.py")]:
+        assert "apt-get" not in path.read_text(), f"{path} mentions apt-get: installing belongs to deploy/bin/install-tools.sh"
 
 
-def test_not_root_fails_naming_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    apt = FakeApt(monkeypatch, succeed_on_install=1)
-    monkeypatch.setattr(localstack.os, "geteuid", lambda: 1000)
-    with pytest.raises(stack.ToolsUnavailable) as err:
-        stack.ensure_tools(run=apt)
-    assert apt.calls == []
-    assert "apt-get install -y --no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway" in str(
-        err.value
-    )
-    assert "promtool" in str(err.value)
-
-
-def test_root_installs_and_updates_the_index_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
-    apt = FakeApt(monkeypatch, succeed_on_install=1)
-    stack.ensure_tools(run=apt)
-    assert apt.calls == [list(stack.INSTALL_COMMAND)]
-    apt = FakeApt(monkeypatch, succeed_on_install=2)  # a stale index: the first install fails
-    stack.ensure_tools(run=apt)
-    assert apt.calls == [list(stack.INSTALL_COMMAND), ["apt-get", "update"], list(stack.INSTALL_COMMAND)]
-
-
-def test_root_install_failure_reports_apt_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
-    with pytest.raises(stack.ToolsUnavailable, match="Unable to locate package"):
-        stack.ensure_tools(run=FakeApt(monkeypatch, succeed_on_install=99))
+def test_install_tools_fails_the_test_with_the_scripts_message() -> None:
+    with pytest.raises(pytest.fail.Exception, match="unknown group 'nope'"):
+        install_tools("nope")
+    install_tools("monitoring")  # installed on this machine (or by the script, as root)
 
 
 def test_local_prometheus_config_keeps_the_shipped_jobs() -> None:

@@ -1,15 +1,16 @@
-"""``make up`` end to end: the whole local stack, the Prefect UI in a real browser, a run started as the UI's
-Run button starts it, a promotion, and the running service serving the new model.
+"""``make up`` end to end: the whole local stack under supervisord, the Prefect UI in a real browser, a run
+started as the UI's Run button starts it, a promotion tracked in MLflow, and the running service serving the new model.
 
 ``robustdx stack up`` runs as a subprocess on free ports with a tiny sweep (two
-trials, FIFO, 2 + 2 epochs on the learnable synthetic set): it starts Prefect, the monitoring processes,
-the retrain deployments, retrains a first model through ``retrain/nightly`` and serves it. Then headless
-Chromium (the Debian package; installed with apt-get as root when missing, no browser download) renders
+trials, FIFO, 2 + 2 epochs on the learnable synthetic set) and a temporary MLflow store: supervisord starts
+Prefect, MLflow, the monitoring programs and the retrain deployments, a first model is retrained through
+``retrain/nightly`` (tracked in the stack's MLflow server) and served. Then headless Chromium (the Debian
+package; ``deploy/bin/install-tools.sh chromium`` installs it as root when missing, no browser download) renders
 the Prefect UI's deployments page, which must link both retrain deployments; a run of ``retrain/nightly``
 is created through the REST call the UI's Run button makes; it must complete and promote (a retrain of the
 same configuration matches the serving model, so it passes the gates), and the service — reloaded by the
-flow through ``/admin/reload`` — must then serve the new tag. ``down`` runs in the fixture's finaliser,
-and no recorded process may survive it.
+flow through ``/admin/reload`` — must then serve the new tag. ``down`` (``supervisorctl shutdown``) runs in
+the fixture's finaliser, and neither supervisord nor any program's process may survive it.
 
 Screenshots of the deployments and flow-runs pages go to a temporary folder, or to
 ``$ROBUSTDX_SCREENSHOTS`` (e.g. ``docs/screenshots``, relative to the repository) to refresh the README's.
@@ -18,6 +19,7 @@ Screenshots of the deployments and flow-runs pages go to a temporary folder, or 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,20 +33,12 @@ import pytest
 
 from robustdx.core.release.pointer import read_production
 from robustdx.core.util import wait_until
-from robustdx.flows.localstack import (
-    DEPLOYMENTS,
-    UI_DEPLOYMENTS,
-    UI_RUNS,
-    Record,
-    StackAddresses,
-    ToolsUnavailable,
-    apt_binaries,
-    read_records,
-    wait_flow_run,
-)
+from robustdx.flows.localstack import UI_DEPLOYMENTS, UI_RUNS, daemon_running, rpc, wait_flow_run
+from robustdx.flows.stackconf import DEPLOYMENTS, StackAddresses
 from tests.deploy.stack import free_stack_ports
 from tests.support.configs import write_tiny_sweep
 from tests.support.paths import REPO
+from tests.support.procs import install_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,12 +86,11 @@ class Chromium:
 
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Chromium:
-    """``/usr/bin/chromium``, apt-installed as root when missing (see :func:`robustdx.flows.localstack.apt_binaries`)."""
-    try:
-        found = apt_binaries(("chromium",), ("chromium",), "tests/e2e/test_stack.py (the Prefect UI in headless Chromium)")
-    except ToolsUnavailable as err:
-        pytest.fail(str(err), pytrace=False)
-    return Chromium(found["chromium"], tmp_path_factory.mktemp("chromium"))
+    """``chromium`` from ``deploy/bin/install-tools.sh chromium`` (installed as root when missing, else the test fails)."""
+    install_tools("chromium")
+    found = shutil.which("chromium")
+    assert found, "install-tools.sh chromium succeeded but chromium is not on PATH"
+    return Chromium(Path(found), tmp_path_factory.mktemp("chromium"))
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +104,29 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+PROGRAMS = ["prefect", "mlflow", "pushgateway", "alertmanager", "receiver", "prometheus", "deploy", "service"]
+READY = {  # what each program answers once ready (flows/stackconf.py)
+    "prefect": "/api/health",
+    "mlflow": "/health",
+    "pushgateway": "/-/ready",
+    "alertmanager": "/-/ready",
+    "receiver": "/healthz",
+    "prometheus": "/-/ready",
+    "service": "/readyz",
+}
+
+
 @dataclass(frozen=True)
 class Stack(StackAddresses):
-    records: list[Record]
+    programs: list[dict[str, Any]]  # supervisord's getAllProcessInfo right after up
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (supervisord is reparented to an init that may not reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def localstack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -123,9 +136,10 @@ def localstack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def stack(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``localstack up`` with a tiny sweep on free ports; ``down`` afterwards, which must leave nothing running."""
+    """``stack up`` with a tiny sweep on free ports; ``down`` afterwards, which must leave nothing running."""
     work = tmp_path_factory.mktemp("localstack")
     root = work / "stack"
+    pids: list[int] = []
     ports = free_stack_ports()
     port_args = [arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")]
     try:
@@ -137,6 +151,8 @@ def stack(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "--sweep",
             str(write_tiny_sweep(work, learnable_root, "stack-e2e")),
             "--fast-alerts",
+            "--mlflow-store",
+            str(work / "mlflow"),
             *port_args,
             timeout=UP_TIMEOUT,
         )
@@ -144,33 +160,45 @@ def stack(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert up.returncode == 0, f"up failed:\n{up.stdout[-3000:]}\n{up.stderr[-6000:]}"
         assert "make down stops it" in up.stdout and str(root / "admin-token") in up.stdout
         assert (root / "admin-token").read_text().strip() not in up.stdout + up.stderr, "up printed the admin token"
-        yield Stack(root, ports, read_records(root))
+        programs = rpc(root).getAllProcessInfo()
+        pids += [rpc(root).getPID(), *(p["pid"] for p in programs if p["pid"])]
+        yield Stack(root, ports, programs)
     finally:
-        started = read_records(root)  # also after a failed or killed `up`: whatever stack.json still lists
-        down = localstack("--root", str(root), "down", timeout=120)
+        down = localstack("--root", str(root), "down", timeout=200)
         assert down.returncode == 0, down.stdout + down.stderr
-        survivors = [f"{r.name} (pid {r.pid})" for r in started if r.alive()]
+        assert not daemon_running(root), f"supervisord still answers after down:\n{down.stdout}"
+        survivors = [pid for pid in pids if not _gone(pid)]
         assert not survivors, f"still running after down: {survivors}\n{down.stdout}"
+        assert not daemon_running(root) and localstack("--root", str(root), "status", timeout=60).returncode != 0
 
 
-def test_up_started_every_component_and_keeps_the_token_secret(stack: Stack) -> None:
-    assert [r.name for r in stack.records] == [
-        "prefect",
-        "pushgateway",
-        "alertmanager",
-        "receiver",
-        "prometheus",
-        "deploy",
-        "service",
-    ]
-    assert all(r.alive() and r.ready() for r in stack.records), [(r.name, r.alive(), r.ready()) for r in stack.records]
+def test_up_started_every_program_and_keeps_the_token_secret(stack: Stack) -> None:
+    assert sorted(p["name"] for p in stack.programs) == sorted(PROGRAMS)
+    assert all(p["statename"] == "RUNNING" for p in stack.programs), [(p["name"], p["statename"]) for p in stack.programs]
+    for name, path in READY.items():
+        assert httpx.get(stack.url(name) + path, timeout=10).is_success, f"{name} not ready"
+    status = localstack("--root", str(stack.root), "status", timeout=60)
+    assert status.returncode == 0 and all(f"{name} " in status.stdout for name in PROGRAMS), status.stdout
     token = stack.root / "admin-token"
     assert token.stat().st_mode & 0o777 == 0o600
     secret = token.read_text().strip()
-    assert secret and not any(secret in Path(r.log).read_text(errors="replace") for r in stack.records)
+    logs = [stack.log(name) for name in PROGRAMS]
+    assert all(log.is_file() for log in logs) and not any(secret in log.read_text(errors="replace") for log in logs)
     active = httpx.get(f"{stack.url('prometheus')}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     jobs = {t["labels"]["job"] for t in active}
     assert jobs == {"robustdx-service", "pushgateway", "prefect-server", "alert-receiver", "alertmanager", "prometheus"}, jobs
+
+
+def test_mlflow_ui_shows_the_first_retrain(stack: Stack) -> None:
+    """The deploy program tracks into the stack's MLflow server (MLFLOW_TRACKING_URI), so the first model's
+    promotion decision is a run there."""
+    api = f"{stack.url('mlflow')}/api/2.0/mlflow"
+    found = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": "robustdx-promote"}, timeout=10)
+    assert found.status_code == 200, found.text
+    experiment = found.json()["experiment"]["experiment_id"]
+    runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": [experiment], "max_results": 10}, timeout=10).json()
+    assert runs.get("runs"), f"no run in the robustdx-promote experiment of {stack.url('mlflow')}"
+    assert "<html" in httpx.get(stack.url("mlflow"), timeout=10).text.lower()  # the UI itself
 
 
 def test_prefect_ui_lists_the_retrain_deployments(stack: Stack, chromium: Chromium, screenshots: Path) -> None:

@@ -1,51 +1,50 @@
-"""``make up`` / ``make down`` (flows/localstack.py) without starting the stack: the rendered configurations
-(checked by promtool and amtool), the commands and environments of the components, and the safety rules
-of ``up`` and ``down`` on real short-lived processes (``sleep``): a recorded pid that now belongs to another
-process is never signalled, children that left the process group are stopped too, and ``up`` refuses to
-start over a live stack or on a busy port. tests/e2e/test_stack.py brings the whole stack up."""
+"""``make up`` / ``make down`` (flows/stackconf.py, flows/localstack.py) without the real stack: the program table,
+the rendered ``supervisord.conf`` (read back by supervisor's own parser), the Prometheus / Alertmanager configs
+(checked by promtool and amtool), and the bootstrap's supervisord handling on a real supervisord running small
+stand-in programs: start in order with readiness, a failed start reported with its log, ``status``, ``down``,
+and ``up`` refusing a live stack or a busy port. tests/e2e/test_stack.py brings the whole stack up."""
 
 from __future__ import annotations
 
 import os
-import signal
+import shlex
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
 from robustdx.cli.app import app
-from robustdx.flows import localstack
+from robustdx.core.util import free_port
+from robustdx.flows import localstack, stackconf
 from robustdx.flows.localstack import (
     CAMELYON_MARKER,
-    DEFAULT_PORTS,
-    SCRAPE_JOBS,
-    Proc,
-    Record,
     StackError,
-    StackPlan,
-    Tools,
-    ToolsUnavailable,
     UpOptions,
     admin_token,
-    apt_binaries,
-    descendants,
+    check_can_start,
+    daemon_running,
     down,
-    load_yaml,
     prepare_data,
-    process_start_time,
-    read_records,
-    state_path,
+    start_program,
+    start_supervisord,
     status,
     up,
-    write_records,
+)
+from robustdx.flows.stackconf import (
+    DEFAULT_PORTS,
+    SCRAPE_JOBS,
+    Program,
+    StackAddresses,
+    StackPlan,
+    Tools,
+    load_yaml,
+    render_conf,
+    socket_path,
 )
 from tests.deploy.stack import free_stack_ports
 from tests.support.paths import REPO
@@ -54,23 +53,47 @@ pytestmark = pytest.mark.unit
 
 SHIPPED_PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 SHIPPED_ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+ORDER = ["prefect", "mlflow", "pushgateway", "alertmanager", "receiver", "prometheus", "deploy", "service"]
 
 
 def plan(root: Path, tools: Tools, fast: bool = False) -> StackPlan:
-    return StackPlan(root, dict(DEFAULT_PORTS), REPO, tools, "not-a-real-token", fast_alerts=fast)
+    return StackPlan(
+        root,
+        dict(DEFAULT_PORTS),
+        REPO,
+        tools,
+        "not-a-real-token",
+        root / "mlflow",
+        fast,
+        root / "sweep.yaml",
+        2,
+        ["data.root=/d"],
+    )
+
+
+def programs(root: Path, tools: Tools, fast: bool = False) -> dict[str, Program]:
+    return {p.name: p for p in plan(root, tools, fast).programs()}
 
 
 # ------------------------------------------------------------------------------------------------
-# configurations and commands
+# the program table and the configurations it writes
 # ------------------------------------------------------------------------------------------------
-def test_every_shipped_scrape_job_but_ray_has_a_local_component() -> None:
+def test_every_shipped_scrape_job_but_ray_has_a_local_program() -> None:
     shipped = {job["job_name"] for job in load_yaml(SHIPPED_PROMETHEUS)["scrape_configs"]}
     assert shipped - set(SCRAPE_JOBS.values()) == {"ray"}  # no Ray head locally: Ray runs inside the flows
-    assert set(SCRAPE_JOBS) == set(DEFAULT_PORTS)
+    assert set(DEFAULT_PORTS) - set(SCRAPE_JOBS) == {"mlflow"} and DEFAULT_PORTS["mlflow"] == 5000
+
+
+def test_programs_start_in_dependency_order(tmp_path: Path, monitoring_tools: Tools) -> None:
+    table = plan(tmp_path, monitoring_tools).programs()
+    assert [p.name for p in table] == ORDER
+    assert [p.priority for p in table] == sorted({p.priority for p in table})  # distinct, increasing
+    assert all(p.ready and p.ready.startswith("http://127.0.0.1:") for p in table)
+    assert all(p.port == DEFAULT_PORTS.get(p.name) for p in table)
 
 
 def test_prometheus_config_points_the_shipped_jobs_at_local_ports(tmp_path: Path, monitoring_tools: Tools) -> None:
-    proc = plan(tmp_path, monitoring_tools).prometheus()
+    prom = programs(tmp_path, monitoring_tools)["prometheus"]
     path = tmp_path / "prometheus" / "prometheus.yml"
     config, shipped = load_yaml(path), load_yaml(SHIPPED_PROMETHEUS)
     assert config["global"] == shipped["global"]  # 15 s as shipped, external labels kept
@@ -86,26 +109,26 @@ def test_prometheus_config_points_the_shipped_jobs_at_local_ports(tmp_path: Path
     ]
     check = subprocess.run([str(monitoring_tools.promtool), "check", "config", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert f"--config.file={path}" in proc.cmd and f"--web.listen-address=127.0.0.1:{DEFAULT_PORTS['prometheus']}" in proc.cmd
-    assert proc.log == tmp_path / "logs" / "prometheus.log" and proc.ready == "/-/ready"
+    assert f"--config.file={path}" in prom.command
+    assert f"--web.listen-address=127.0.0.1:{DEFAULT_PORTS['prometheus']}" in prom.command
+    assert prom.ready == "http://127.0.0.1:9090/-/ready"
 
 
 def test_alertmanager_posts_to_the_receiver_with_the_shipped_waits(tmp_path: Path, monitoring_tools: Tools) -> None:
-    proc = plan(tmp_path, monitoring_tools).alertmanager()
+    am = programs(tmp_path, monitoring_tools)["alertmanager"]
     path = tmp_path / "alertmanager" / "alertmanager.yml"
     config, shipped = load_yaml(path), load_yaml(SHIPPED_ALERTMANAGER)
     hooks = [h["url"] for r in config["receivers"] for h in r.get("webhook_configs", [])]
     assert hooks == [f"http://127.0.0.1:{DEFAULT_PORTS['receiver']}/alerts"]
     assert config["route"] == shipped["route"] and config["inhibit_rules"] == shipped["inhibit_rules"]
-    assert "--cluster.listen-address=" in proc.cmd
+    assert "--cluster.listen-address=" in am.command
     if monitoring_tools.amtool is not None:
         check = subprocess.run([str(monitoring_tools.amtool), "check-config", str(path)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_fast_alerts_shorten_intervals_and_waits_only(tmp_path: Path, monitoring_tools: Tools) -> None:
-    fast = plan(tmp_path, monitoring_tools, fast=True)
-    fast.prometheus(), fast.alertmanager()
+    programs(tmp_path, monitoring_tools, fast=True)
     prom = load_yaml(tmp_path / "prometheus" / "prometheus.yml")
     assert prom["global"]["scrape_interval"] == prom["global"]["evaluation_interval"] == "1s"
     assert prom["global"]["external_labels"] == load_yaml(SHIPPED_PROMETHEUS)["global"]["external_labels"]
@@ -114,36 +137,101 @@ def test_fast_alerts_shorten_intervals_and_waits_only(tmp_path: Path, monitoring
     assert route["repeat_interval"] == load_yaml(SHIPPED_ALERTMANAGER)["route"]["repeat_interval"]
 
 
-def test_components_get_local_addresses_and_the_stack_state(tmp_path: Path, monitoring_tools: Tools) -> None:
-    p = plan(tmp_path, monitoring_tools)
-    prefect, receiver, service = p.prefect(), p.receiver(), p.service()
-    assert prefect.cmd[-4:] == ["--host", "127.0.0.1", "--port", "4200"] and prefect.ready == "/api/health"
+def test_programs_get_local_addresses_and_the_stack_state(tmp_path: Path, monitoring_tools: Tools) -> None:
+    t = programs(tmp_path, monitoring_tools)
+    prefect, receiver, service = t["prefect"], t["receiver"], t["service"]
     assert (
-        prefect.env["PREFECT_HOME"] == str(tmp_path / "prefect") and prefect.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+        prefect.command[-4:] == ("--host", "127.0.0.1", "--port", "4200") and prefect.ready == "http://127.0.0.1:4200/api/health"
     )
-    assert receiver.cmd == [str(REPO / "deploy" / "bin" / "alert-receiver.sh")]
+    assert prefect.env["PREFECT_HOME"] == str(tmp_path / "prefect")
+    assert prefect.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert receiver.command == (str(REPO / "deploy" / "bin" / "alert-receiver.sh"),)
     assert receiver.env["ROBUSTDX_ALERTS_HOST"] == "127.0.0.1" and receiver.env["ROBUSTDX_ALERTS_PORT"] == "9095"
-    assert service.cmd == [str(REPO / "deploy" / "bin" / "serve.sh")] and service.ready == "/readyz"
+    assert service.command == (str(REPO / "deploy" / "bin" / "serve.sh"),) and service.ready == "http://127.0.0.1:3000/readyz"
     assert service.env["ROBUSTDX_SERVE_PORT"] == "3000" and service.env["BENTOML_HOME"] == str(tmp_path / "bentoml")
     assert service.env["ROBUSTDX_ADMIN_TOKEN"] == "not-a-real-token"
-    assert all(proc.cwd == REPO for proc in (prefect, receiver, service))
+
+
+def test_mlflow_serves_the_store_and_the_flows_track_to_it(tmp_path: Path, monitoring_tools: Tools) -> None:
+    t = programs(tmp_path, monitoring_tools)
+    argv = list(t["mlflow"].command)
+    assert argv[:2] == [str(Path(sys.executable).with_name("mlflow")), "server"]
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    assert argv[argv.index("--artifacts-destination") + 1] == str(tmp_path / "mlflow" / "artifacts")
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5000"
+    assert t["mlflow"].ready == "http://127.0.0.1:5000/health"
+    assert t["deploy"].env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    help_text = subprocess.run([*argv[:2], "--help"], capture_output=True, text=True, check=True).stdout
+    for option in (arg for arg in argv[2:] if arg.startswith("--")):
+        assert option in help_text, f"mlflow server has no {option}"
 
 
 def test_deploy_command_uses_only_options_robustdx_deploy_has(tmp_path: Path, monitoring_tools: Tools) -> None:
-    proc = plan(tmp_path, monitoring_tools).deploy(tmp_path / "sweep.yaml", 2, ["data.root=/data"])
-    argv = list(proc.cmd)
+    deploy = programs(tmp_path, monitoring_tools)["deploy"]
+    argv = list(deploy.command)
     assert argv[:4] == [sys.executable, "-m", "robustdx.cli", "deploy"]
-    assert argv[argv.index("--run-set") + 1] == "data.root=/data" and argv[argv.index("--num-samples") + 1] == "2"
+    assert argv[argv.index("--run-set") + 1] == "data.root=/d" and argv[argv.index("--num-samples") + 1] == "2"
     assert argv[argv.index("--service-url") + 1] == "http://127.0.0.1:3000"
     assert argv[argv.index("--home") + 1] == str(tmp_path / "bentoml")
-    assert proc.env["ROBUSTDX_PUSHGATEWAY"] == "127.0.0.1:9091" and proc.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
-    assert proc.env["ROBUSTDX_ADMIN_TOKEN"] == "not-a-real-token" and proc.env["BENTOML_DO_NOT_TRACK"] == "True"
-    env = {**os.environ, "COLUMNS": "300", "TERM": "dumb", "NO_COLOR": "1"}
-    help_text = subprocess.run([*argv[:4], "--help"], capture_output=True, text=True, env=env, check=True).stdout
+    env = deploy.env
+    assert env["ROBUSTDX_PUSHGATEWAY"] == "127.0.0.1:9091" and env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert env["ROBUSTDX_ADMIN_TOKEN"] == "not-a-real-token" and env["BENTOML_DO_NOT_TRACK"] == "True"
+    cli_env = {**os.environ, "COLUMNS": "300", "TERM": "dumb", "NO_COLOR": "1"}
+    help_text = subprocess.run([*argv[:4], "--help"], capture_output=True, text=True, env=cli_env, check=True).stdout
     for option in (arg for arg in argv[4:] if arg.startswith("--")):
         assert option in help_text, f"robustdx deploy has no {option}"
 
 
+# ------------------------------------------------------------------------------------------------
+# supervisord.conf
+# ------------------------------------------------------------------------------------------------
+def read_back(conf: str, tmp_path: Path) -> dict[str, object]:
+    """The program configs as supervisord itself parses ``conf``."""
+    from supervisor.options import ServerOptions
+
+    path = tmp_path / "read-back.conf"
+    path.write_text(conf)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    opts = ServerOptions()
+    opts.realize(args=["-c", str(path)])
+    return {pc.name: pc for group in opts.process_group_configs for pc in group.process_configs}
+
+
+def test_conf_renders_every_program_as_supervisord_reads_it(tmp_path: Path, monitoring_tools: Tools) -> None:
+    p = plan(tmp_path, monitoring_tools)
+    table = p.programs()
+    parsed = read_back(render_conf(p, table, "/venv/bin:/usr/bin", REPO), tmp_path)
+    assert sorted(parsed) == sorted(ORDER)
+    for program in table:
+        pc = parsed[program.name]
+        assert shlex.split(pc.command) == list(program.command)  # type: ignore[attr-defined]
+        assert pc.priority == program.priority and pc.autostart is False  # type: ignore[attr-defined]
+        assert pc.stdout_logfile == str(tmp_path / "logs" / f"{program.name}.log") and pc.redirect_stderr  # type: ignore[attr-defined]
+        assert pc.stopasgroup and pc.killasgroup and pc.directory == str(REPO)  # type: ignore[attr-defined]
+        assert pc.environment == {"PATH": "/venv/bin:/usr/bin", **program.env}  # type: ignore[attr-defined]
+
+
+def test_conf_values_survive_percent_and_commas_and_refuse_quotes(tmp_path: Path) -> None:
+    addresses = StackAddresses(tmp_path, {})
+    odd = Program("odd", ("echo", "50% off", "a b"), 1, env={"A": "x,y=z", "B": "100%"})
+    pc = read_back(render_conf(addresses, [odd], "/bin", tmp_path), tmp_path)["odd"]
+    assert shlex.split(pc.command) == ["echo", "50% off", "a b"]
+    assert pc.environment == {"PATH": "/bin", "A": "x,y=z", "B": "100%"}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="quotes"):
+        render_conf(addresses, [Program("q", ("true",), 1, env={"A": 'say "hi"'})], "/bin", tmp_path)
+
+
+def test_socket_path_stays_under_the_unix_limit(tmp_path: Path) -> None:
+    assert socket_path(Path("/r")) == Path("/r/supervisor.sock")
+    deep = tmp_path / ("x" * 120)
+    short = socket_path(deep)
+    assert len(str(short)) <= stackconf.SOCKET_LIMIT and short.name.startswith("robustdx-") and short == socket_path(deep)
+    assert socket_path(tmp_path / ("y" * 120)) != short
+
+
+# ------------------------------------------------------------------------------------------------
+# options, data, secrets
+# ------------------------------------------------------------------------------------------------
 def test_missing_demo_data_is_synthesised_other_missing_data_is_an_error(tmp_path: Path) -> None:
     sweep = REPO / "configs" / "sweeps" / "demo.yaml"
     overrides = prepare_data(sweep, [], tmp_path / "camelyon", REPO)
@@ -162,125 +250,88 @@ def test_admin_token_is_private_and_kept(tmp_path: Path) -> None:
     assert admin_token(tmp_path / "stack") == token and path.stat().st_mode & 0o777 == 0o600
 
 
-def test_apt_binaries_names_the_command_for_any_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[str]] = []
-
-    def apt(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package")
-
-    assert apt_binaries(("coreutils",), ("sleep",), "this test", run=apt) == {"sleep": Path(localstack.shutil.which("sleep"))}
-    assert calls == []  # present: apt-get never runs
-    monkeypatch.setattr(localstack.os, "geteuid", lambda: 1000)
-    with pytest.raises(ToolsUnavailable, match=r"this test needs .* apt-get install -y --no-install-recommends chromium$"):
-        apt_binaries(("chromium",), ("robustdx-no-such-binary",), "this test", run=apt)
-    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
-    with pytest.raises(ToolsUnavailable, match="Unable to locate package"):
-        apt_binaries(("chromium",), ("robustdx-no-such-binary",), "this test", run=apt)
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    assert calls == [install, ["apt-get", "update"], install]
-
-
 def test_port_option_is_checked(tmp_path: Path) -> None:
-    assert localstack.parse_port("prefect=14200") == ("prefect", 14200)
+    assert stackconf.parse_port("mlflow=15000") == ("mlflow", 15000)
     for bad in ("nope=1", "prefect=x", "prefect", "prefect=70000"):
         with pytest.raises(ValueError, match="NAME=PORT"):
-            localstack.parse_port(bad)
+            stackconf.parse_port(bad)
         done = CliRunner().invoke(app, ["stack", "up", "--root", str(tmp_path), "--port", bad])
         assert done.exit_code == 2 and "NAME=PORT" in done.output  # a usage error, before anything starts
     assert not (tmp_path / "logs").exists()
 
 
+def test_missing_tools_are_named_with_the_setup_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stackconf.shutil, "which", lambda name: None)
+    done = CliRunner().invoke(app, ["stack", "up", "--root", str(tmp_path), *_port_args(free_stack_ports())])
+    assert done.exit_code == 1 and "deploy/bin/install-tools.sh monitoring" in done.output
+    assert not (tmp_path / "supervisord.conf").exists()
+
+
+def _port_args(ports: dict[str, int]) -> list[str]:
+    return [arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")]
+
+
 # ------------------------------------------------------------------------------------------------
-# up / down / status on real processes
+# a real supervisord with stand-in programs
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Any]:
-    """Start ``cmd`` as a Proc (own session, no port); every one is stopped and reaped at the end."""
-    started: list[Proc] = []
-
-    def start(name: str, *cmd: str) -> Proc:
-        proc = Proc(name, list(cmd) or ["sleep", "300"], tmp_path / "logs" / f"{name}.log", None, ready=lambda: True)
-        started.append(proc.start())
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop(timeout=5)
-
-
-def test_down_stops_every_recorded_tree_newest_first(tmp_path: Path, spawn: Any) -> None:
-    first = spawn("first")
-    # a child that leaves the process group (as BentoML's workers and Ray's daemons do)
-    second = spawn("second", "sh", "-c", "setsid sleep 300 & wait")
-    records = [Record.of(first), Record.of(second)]
-    write_records(tmp_path, records)
-    assert second.proc is not None
-    deadline = time.monotonic() + 10
-    while not (escaped := descendants(second.proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert escaped, "the setsid child did not start"
-    said: list[str] = []
-    try:
-        assert down(tmp_path, timeout=5, out=said.append) == 0
-        survivors = [pid for pid, start in escaped if process_start_time(pid) == start]
-        assert not survivors, "the child outside the process group survived"
-    finally:  # never leave it behind, whatever failed
-        for pid, start in escaped:
-            if process_start_time(pid) == start:
-                os.kill(pid, signal.SIGKILL)
-    assert said == [f"stopped second (pid {records[1].pid})", f"stopped first (pid {records[0].pid})"]
-    assert not any(r.alive() for r in records)
-    assert not state_path(tmp_path).exists()
-    said.clear()
-    assert down(tmp_path, out=said.append) == 0 and said[0].startswith("nothing to stop")
-
-
-def test_down_never_signals_a_reused_pid(tmp_path: Path, spawn: Any) -> None:
-    other = spawn("other")  # stands for the process that got the recorded pid after ours exited
-    real = Record.of(other)
-    assert real.start_time is not None
-    write_records(tmp_path, [replace(real, start_time=real.start_time - 1), replace(real, name="rebooted", boot_id="another")])
-    said: list[str] = []
-    assert down(tmp_path, timeout=1, out=said.append) == 0
-    assert said == [
-        f"rebooted: pid {real.pid} was recorded in another boot or without a start time, left alone",
-        f"other: pid {real.pid} now belongs to another process, left alone",
+def supervised(tmp_path: Path) -> Iterator[tuple[StackAddresses, dict[str, Program]]]:
+    """supervisord on ``tmp_path`` with three stand-ins: an HTTP server, a sleeper without a port, a crasher.
+    Shut down at the end whatever the test did."""
+    port = free_port()
+    addresses = StackAddresses(tmp_path / "stack", {"web": port})
+    table = [
+        Program(
+            "web", (sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)), 10, port, f"http://127.0.0.1:{port}/"
+        ),
+        Program("sleeper", ("sleep", "300"), 20, env={"SLEEPER_SAYS": "50% done"}),
+        Program("crasher", ("sh", "-c", "echo crasher-was-here; exit 3"), 30),
     ]
-    assert real.alive() and other.proc is not None and other.proc.poll() is None
-    assert not state_path(tmp_path).exists()
+    start_supervisord(addresses, table, tmp_path)
+    try:
+        yield addresses, {p.name: p for p in table}
+    finally:
+        localstack.shutdown(addresses.root)
 
 
-def test_down_of_a_process_that_already_exited(tmp_path: Path, spawn: Any) -> None:
-    gone = spawn("gone")
-    record = Record.of(gone)
-    gone.stop()
-    write_records(tmp_path, [record])
+def test_programs_start_by_name_and_down_stops_them_all(supervised: tuple[StackAddresses, dict[str, Program]]) -> None:
+    addresses, table = supervised
+    root = addresses.root
+    assert daemon_running(root) and (root / "supervisord.pid").is_file()
+    assert localstack.program_state(root, "web")["statename"] == "STOPPED"  # autostart=false: up starts them
+    start_program(addresses, table["web"])
+    start_program(addresses, table["sleeper"])
+    assert httpx.get(addresses.url("web"), timeout=5).status_code == 200
+    pids = [localstack.program_state(root, name)["pid"] for name in ("web", "sleeper")]
+    with pytest.raises(StackError, match=r"crasher failed to start \(SPAWN_ERROR: crasher\):\ncrasher-was-here$"):
+        start_program(addresses, table["crasher"])
+
     said: list[str] = []
-    assert down(tmp_path, out=said.append) == 0 and said == [f"gone (pid {record.pid}) had already exited"]
-
-
-def test_status_says_what_runs(tmp_path: Path, spawn: Any) -> None:
-    runner = spawn("runner")
-    write_records(tmp_path, [Record.of(runner)])
-    said: list[str] = []
-    assert status(tmp_path, out=said.append) == 0
-    assert "runner" in said[0] and " yes " in said[0]
-    os.killpg(runner.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-    runner.proc.wait()  # type: ignore[union-attr]
-    said.clear()
-    assert status(tmp_path, out=said.append) == 1 and "NO" in said[0]
-    assert status(tmp_path / "elsewhere", out=said.append) == 1 and said[-1].startswith("not up")
-
-
-def test_up_refuses_a_live_stack(tmp_path: Path, spawn: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    running = spawn("prefect")
-    write_records(tmp_path, [Record.of(running)])
-    with pytest.raises(StackError, match=r"already up \(prefect running.*make down first"):
-        up(UpOptions(root=tmp_path, ports=free_stack_ports()))
-    done = CliRunner().invoke(app, ["stack", "--root", str(tmp_path), "up"])
+    assert status(root, out=said.append) != 0  # the crasher is FATAL
+    assert "web" in said[0] and "RUNNING" in said[0] and "FATAL" in said[0]
+    with pytest.raises(StackError, match="already up"):
+        check_can_start(root, {})
+    done = CliRunner().invoke(app, ["stack", "--root", str(root), "up"])
     assert done.exit_code == 1 and "already up" in done.output
-    assert [r.name for r in read_records(tmp_path)] == ["prefect"] and Record.of(running).alive()
+
+    said.clear()
+    assert down(root, out=said.append) == 0 and said[0].startswith("stopped")
+    assert not daemon_running(root) and not (root / "supervisord.pid").exists()
+    for pid in pids:  # the programs' processes are gone (or, reparented to a non-reaping init, zombies)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"), pid
+    said.clear()
+    assert down(root, out=said.append) == 0 and said[0].startswith("nothing to stop")
+    assert status(root, out=said.append) == 1 and said[-1].startswith("not up")
+
+
+def test_a_program_that_stops_before_it_is_ready_fails_with_its_log(
+    supervised: tuple[StackAddresses, dict[str, Program]],
+) -> None:
+    addresses, _ = supervised
+    never = Program("sleeper", ("sleep", "300"), 20, ready=f"http://127.0.0.1:{free_port()}/", timeout=1.5)
+    with pytest.raises(StackError, match=r"sleeper not ready .* after 2 s"):
+        start_program(addresses, never)
 
 
 def test_up_refuses_busy_and_shared_ports(tmp_path: Path) -> None:
@@ -290,15 +341,9 @@ def test_up_refuses_busy_and_shared_ports(tmp_path: Path) -> None:
         busy.listen()
         with pytest.raises(StackError, match=rf"port {ports['prometheus']} \(prometheus\) busy"):
             up(UpOptions(root=tmp_path, ports=ports))
-    with pytest.raises(StackError, match="more than one component"):
+    with pytest.raises(StackError, match="more than one program"):
         up(UpOptions(root=tmp_path, ports={**ports, "service": ports["prefect"]}))
-    assert not state_path(tmp_path).exists() and not (tmp_path / "logs").exists()
-
-
-def test_an_unreadable_state_file_is_an_error_not_a_guess(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    state_path(tmp_path).write_text('{"components": [{"name": "prefect"}]}')
-    done = CliRunner().invoke(app, ["stack", "down", "--root", str(tmp_path)])
-    assert done.exit_code == 1 and "unreadable" in done.output and state_path(tmp_path).exists()
+    assert not (tmp_path / "supervisord.conf").exists() and not (tmp_path / "logs").exists()
 
 
 def test_the_prefect_client_retries_what_the_server_marks_retryable() -> None:
