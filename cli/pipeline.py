@@ -58,6 +58,8 @@ def demo(
         out = retrain_flow(params)
     except (ConfigError, DataError, BundleError) as err:
         fail(err)
+    from robustdx.flows.tracking import tracking_uri
+
     promotion, trained, sweep_out = out["promotion"], out["train"], out["sweep"]
     print_metrics(trained["metrics"])
     verdict, _, why = promotion["summary"].partition(": ")
@@ -74,6 +76,12 @@ def demo(
         f"bundle:  {trained['bundle']}\n"
         f"serving: {os.environ['BENTOML_HOME']} ({promotion.get('tag') or promotion.get('production_tag')})"
     )
+    if promotion.get("bento"):
+        bento = promotion["bento"]
+        console.print(f"Bento:   {bento} (BENTOML_HOME={os.environ['BENTOML_HOME']} bentoml serve {bento})")
+    if trained.get("mlflow_run"):
+        uri = tracking_uri()
+        console.print(f"MLflow:  run {trained['mlflow_run']} (mlflow ui --backend-store-uri {uri})")
     if os.environ.get("PREFECT_HOME") == str(runs / "prefect"):
         console.print(
             f"Prefect UI: PREFECT_HOME={runs / 'prefect'} {Path(sys.executable).parent / 'prefect'} server start "

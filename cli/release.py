@@ -98,6 +98,19 @@ def _rollback(home: Path | None, dry_run: bool) -> None:
     console.print(f"[green]rolled back:[/] serving [bold]{pointer.tag}[/] (was {pointer.previous})")
 
 
+def _bento(tag: str, home: Path | None) -> None:
+    """Build the promoted model's Bento; a failed build is reported, the promotion stands."""
+    from robustdx.flows.bento import BentoBuildError, build_bento
+
+    with console.status(f"building the Bento of {tag} (bentoml build)"):
+        try:
+            built = build_bento(tag, home)
+        except BentoBuildError as err:
+            err_console.print(f"[yellow]promoted, but the Bento was not built:[/] {err}")
+            return
+    console.print(f"Bento [bold]{built}[/]: bentoml serve {built}  |  bentoml containerize {built}")
+
+
 def promote(
     bundle: Annotated[Path | None, typer.Argument(help="Candidate bundle folder; omit with --rollback.")] = None,
     rollback: Annotated[bool, typer.Option("--rollback", help="Serve the previous production model again.")] = False,
@@ -113,6 +126,9 @@ def promote(
     service_url: Annotated[
         str | None, typer.Option(help="Reload this running service afterwards (needs $ROBUSTDX_ADMIN_TOKEN).")
     ] = None,
+    bento: Annotated[
+        bool, typer.Option("--bento/--no-bento", help="Build a Bento of the promoted model (robustdx:<version>).")
+    ] = True,
 ) -> None:
     """Promote a bundle into the BentoML store if it is not worse than the serving model (clean, robust and
     attribution gates), or roll production back. Exit code 1 when the gates reject the candidate."""
@@ -139,6 +155,8 @@ def promote(
                 console.print(f"[dim]dry run:[/] the gates pass; would promote {bundle} (serving now: {result.previous})")
             else:
                 console.print(f"[green]promoted[/] [bold]{result.tag}[/] (previous: {result.previous})")
+                if bento:
+                    _bento(result.tag, home)
         if service_url and rejected is None and not dry_run:
             reply = release.reload_service(service_url)
             console.print(f"service {service_url} serves {reply.get('tag')}")

@@ -21,7 +21,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a recipe (e.g. adv_supcon_ft) from a config; resumes an interrupted run of the same name."""
-    from robustdx.core.training.recipes import run_recipe
+    from robustdx.flows.tracking import train_tracked
 
     try:
         cfg = load_config(config, set_ or [])
@@ -31,7 +31,7 @@ def train(
             console.print(dump_config(cfg))
             console.print(f"[dim]dry run: would train recipe {cfg.recipe} into {cfg.run_dir}[/]")
             return
-        result = run_recipe(cfg, log=lambda m: console.print(f"[cyan]»[/] {m}"))
+        result, _run = train_tracked(cfg, log=lambda m: console.print(f"[cyan]»[/] {m}"))
     except (ConfigError, DataError, BundleError, FileExistsError) as err:
         fail(err)
     print_metrics(result.metrics)

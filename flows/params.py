@@ -36,6 +36,9 @@ class SweepParams(_Params):
     name: str | None = Field(None, description="Experiment name; an existing one is resumed. Default: the file's.")
 
 
+BUILD_BENTO = "Build a Bento of the promoted model (bentoml build in the source checkout; robustdx:<model version>)."
+
+
 class PromoteParams(_Params):
     """Gated promotion of one bundle folder."""
 
@@ -44,6 +47,7 @@ class PromoteParams(_Params):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
     service_url: str | None = Field(None, description="Running service to reload after a promotion (needs ROBUSTDX_ADMIN_TOKEN).")
+    build_bento: bool = Field(True, description=BUILD_BENTO)
 
 
 class RetrainParams(_Params):
@@ -58,4 +62,5 @@ class RetrainParams(_Params):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     bentoml_home: str | None = Field(None, description="BentoML home of the model store; default $BENTOML_HOME.")
     service_url: str | None = Field(None, description="Running service to reload after a promotion.")
+    build_bento: bool = Field(True, description=BUILD_BENTO)
     reason: str = Field("manual", description="Why this retrain runs (manual, schedule, drift alert); recorded.")

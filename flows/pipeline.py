@@ -5,8 +5,8 @@
 * ``evaluate_flow`` — a bundle against the serving model on validation (clean, robust at the
   serving ε, attribution), cached on (bundle hash, serving tag, settings): the scores are
   deterministic given those;
-* ``promote_flow`` — :func:`robustdx.flows.release.promote` (gates, store, pointer, audit), then
-  optionally asks the running service to reload;
+* ``promote_flow`` — :func:`robustdx.flows.release.promote` (gates, store, pointer, audit), then builds
+  the promoted model's Bento (:mod:`robustdx.flows.bento`) and optionally asks the running service to reload;
 * ``rollback_flow`` — production back to the previous tag;
 * ``retrain_flow`` — sweep → train the best configuration in full → promote (which evaluates).
 
@@ -40,7 +40,7 @@ from robustdx.core.release.bundle import WEIGHTS, verify_bundle
 from robustdx.core.release.pointer import read_production
 from robustdx.core.util import markdown_table
 from robustdx.flows import metrics as flow_metrics
-from robustdx.flows import release
+from robustdx.flows import release, tracking
 from robustdx.flows.params import PromoteParams, RetrainParams, SweepParams, TrainParams
 
 PERMANENT_ERRORS = (ConfigError, DataError, BundleError, ValueError, TypeError, KeyError, FileNotFoundError)
@@ -55,6 +55,11 @@ def _transient(_task: Any, _run: Any, state: Any) -> bool:
 def _key(text: str) -> str:
     """An artifact key: lowercase letters, digits and dashes."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:100] or "run"
+
+
+def _link(text: str) -> str:
+    """A Markdown link for an MLflow UI URL; a local database's run stays a plain sentence."""
+    return f"[{text}]({text})" if text.startswith(("http://", "https://")) else text
 
 
 def _stamp() -> str:
@@ -78,13 +83,19 @@ def _pushed(flow_name: str, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def train_task(cfg: RunConfig) -> dict[str, Any]:
     """Train (or resume) ``cfg``; returns where the bundle and report are and the test metrics."""
-    from robustdx.core.training.recipes import run_recipe
-
     logger = get_run_logger()
-    result = run_recipe(cfg.model_copy(update={"progress": False}), log=logger.info)
+    result, run = tracking.train_tracked(cfg.model_copy(update={"progress": False}), log=logger.info)
     report = result.report.read_text()
+    if run.link:
+        report += f"\n\nTracked in MLflow: {_link(run.link)}\n"
     create_markdown_artifact(report, key=_key(f"train-{cfg.name}"), description=f"Training report of {cfg.run_dir}")
-    return {"run_dir": str(result.run_dir), "bundle": str(result.bundle), "report": str(result.report), "metrics": result.metrics}
+    return {
+        "run_dir": str(result.run_dir),
+        "bundle": str(result.bundle),
+        "report": str(result.report),
+        "metrics": result.metrics,
+        "mlflow_run": run.run_id,
+    }
 
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=_transient, cache_policy=NO_CACHE)
@@ -130,7 +141,24 @@ def _evaluation_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(cache_key_fn=_evaluation_key, cache_expiration=timedelta(days=7), persist_result=True)
 def evaluate_task(bundle: str, home: str | None, settings: release.EvaluationSettings) -> dict[str, Any]:
     ev = release.evaluate_against_production(bundle, home, settings)
+    with tracking.tracked_run(tracking.PROMOTE, f"evaluate {bundle}", tags={"action": "evaluate"}) as run:
+        tracking.log_decision(run, ev.candidate, ev.production, bundle=bundle, serving=ev.production_tag, eps=ev.eps)
     return {"candidate": ev.candidate, "production": ev.production, "production_tag": ev.production_tag, "eps": ev.eps}
+
+
+@task(cache_policy=NO_CACHE)
+def bento_task(tag: str, home: str | None) -> dict[str, Any]:
+    """The promoted model as a Bento; the promotion stands when the build fails (the local service serves the
+    production pointer, not the Bento), and the failure is recorded with it."""
+    from robustdx.flows.bento import BentoBuildError, build_bento
+
+    try:
+        bento = build_bento(tag, home)
+    except BentoBuildError as err:
+        get_run_logger().warning("promoted %s, but its Bento was not built: %s", tag, err)
+        return {"bento": None, "bento_error": str(err)}
+    get_run_logger().info("built Bento %s (bentoml serve %s / bentoml containerize %s)", bento, bento, bento)
+    return {"bento": bento}
 
 
 @task(cache_policy=NO_CACHE)
@@ -151,6 +179,8 @@ def _decision_markdown(outcome: dict[str, Any]) -> str:
         f"- serving before: `{outcome.get('production_tag') or 'none'}`; "
         f"after: `{outcome.get('tag') or outcome.get('production_tag') or 'none'}`",
         f"- scored on validation at the serving ε = {outcome['eps'] * 255:.1f}/255",
+        *([f"- Bento: `{outcome['bento']}` (`bentoml serve {outcome['bento']}`)"] if outcome.get("bento") else []),
+        *([f"- Bento **not built**: {outcome['bento_error'][:500]}"] if outcome.get("bento_error") else []),
         "",
         "## Gates",
         "",
@@ -226,6 +256,8 @@ def promote_flow(params: PromoteParams) -> dict[str, Any]:
     with _pushed("promote", {}) as extra:
         outcome = {**promote_task(params), "bundle": params.bundle}
         extra.update(decision="promoted" if outcome["promoted"] else "rejected", **_scores_for_push(outcome))
+        if outcome["promoted"] and params.build_bento:
+            outcome.update(bento_task(outcome["tag"], params.bentoml_home))
         create_markdown_artifact(_decision_markdown(outcome), key="promotion-decision", description=outcome["summary"])
         logger.info(outcome["summary"])
         if outcome["promoted"] and params.service_url:
@@ -276,6 +308,7 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
                 evaluation=params.evaluation,
                 bentoml_home=params.bentoml_home,
                 service_url=params.service_url,
+                build_bento=params.build_bento,
             )
         )
         return {"reason": params.reason, "sweep": sweep, "train": trained, "promotion": outcome}

@@ -32,6 +32,7 @@ from robustdx.core.release.gates import Decision, GateConfig, decide
 from robustdx.core.release.pointer import Pointer, append_audit, promotion_lock, read_production, write_production
 from robustdx.core.release.store import load_bundle_from_store, save_bundle_to_store
 from robustdx.core.util import resolve_device
+from robustdx.flows import tracking
 
 
 class EvaluationSettings(BaseModel):
@@ -129,6 +130,19 @@ def promote(
             tag = save_bundle_to_store(bundle_dir, home)
             pointer = write_production(home, tag, weights_sha256(load_bundle_from_store(tag, home)))
             previous = pointer.previous
+        with tracking.tracked_run(tracking.PROMOTE, f"promote {Path(bundle_dir).name}", tags={"action": "promote"}) as run:
+            run.log_params({"gates": gates.model_dump(mode="json"), "eps": evaluation.eps})
+            tracking.log_decision(
+                run,
+                evaluation.candidate,
+                evaluation.production,
+                decision="promoted" if decision.promote else "rejected",
+                bundle=str(bundle_dir),
+                tag=tag,
+                previous=previous,
+                serving_before=evaluation.production_tag,
+                summary=decision.summary,
+            )
         append_audit(
             home,
             {

@@ -1,8 +1,10 @@
 """The robustdx BentoML service: prediction, Integrated-Gradients explanation, model card, hot reload.
 
-Start it with ``bentoml serve robustdx.service.app:RobustDx`` (the model is the exact tag in
-``$ROBUSTDX_MODEL_TAG`` or, by default, the production pointer that promotion wrote — see
-:mod:`robustdx.core.release.pointer`; never ``:latest``).
+Start it with ``bentoml serve robustdx.service.app:RobustDx``: it serves (and follows) the production pointer
+that promotion wrote (:mod:`robustdx.core.release.pointer`), or the exact tag of ``--arg model_tag=...`` /
+``$ROBUSTDX_MODEL_TAG`` — never ``:latest``. With a tag the model is declared as a ``bentoml.models.BentoModel``,
+so ``bentoml build --arg model_tag=...`` (what promotion runs, :mod:`robustdx.flows.bento`) packs it into the
+Bento with the model card as the Bento's description, and ``bentoml serve <bento>`` needs no store of its own.
 
 Endpoints:
 
@@ -23,10 +25,10 @@ Endpoints:
   and the old model keeps serving.
 * ``/livez``, ``/readyz``, ``/metrics`` from BentoML (custom metrics: :mod:`robustdx.service.monitoring`).
 
-Settings: the ``ROBUSTDX_*`` environment variables of :class:`robustdx.service.settings.ServiceSettings`
-(confidence threshold, image and body limits, batching, timeout, CPU, monitor sampling, admin token),
-read once when this module is imported — BentoML's decorators need them then — into :data:`SETTINGS`;
-a bad value stops the service at start-up naming the variable.
+Settings: :class:`robustdx.service.settings.ServiceSettings` (model tag, confidence threshold, image and body
+limits, batching, timeout, CPU, monitor sampling, admin token) from ``bentoml.use_arguments`` over the
+``ROBUSTDX_*`` environment, read once when this module is imported — BentoML's decorators need them then — into
+:data:`SETTINGS`; a bad value stops the service at start-up naming the variable.
 One worker per service: a reload swaps the model of the worker that receives it.
 """
 
@@ -36,7 +38,6 @@ import asyncio
 import base64
 import hmac
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,6 @@ from fastapi import FastAPI
 from pydantic import AfterValidator, Field
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from robustdx.core.contracts import ENV_MODEL_TAG
 from robustdx.core.release.pointer import PointerError, read_production, resolve_tag
 from robustdx.service.batching import MicroBatcher
 from robustdx.service.explaining import Busy, DeadlineExceeded, Deadlines, ExplainGate
@@ -63,6 +63,7 @@ from robustdx.service.settings import load_settings
 
 log = logging.getLogger("robustdx.service")
 SETTINGS = load_settings()
+PINNED_MODEL = bentoml.models.BentoModel(SETTINGS.model_tag) if SETTINGS.model_tag else None
 LIMITS = SETTINGS.image_limits()
 INLINE_DECODE_PIXELS = 256 * 256  # decoded on the event loop: a few hundred microseconds at most
 MAX_ATTACK_EPS = 16 / 255  # twice the strongest budget the models are evaluated at (8/255)
@@ -193,9 +194,20 @@ async def model_card_markdown() -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
+def _description() -> str | None:
+    """The pinned model's card: ``bentoml build`` takes it as the Bento's description (its README and the Swagger
+    UI's introduction). None (BentoML's default text) when the service follows the pointer or the tag is absent."""
+    from robustdx.core.release.bundle import MODEL_CARD
+
+    stored = PINNED_MODEL.stored if PINNED_MODEL is not None else None
+    card = Path(stored.path) / MODEL_CARD if stored is not None else None
+    return card.read_text(encoding="utf-8") if card is not None and card.is_file() else None
+
+
 @bentoml.asgi_app(card_app, path="/")
 @bentoml.service(
     name="robustdx",
+    description=_description(),
     resources={"cpu": SETTINGS.cpu},
     traffic={"timeout": SETTINGS.timeout, "max_concurrency": 128},
     workers=1,
@@ -203,15 +215,17 @@ async def model_card_markdown() -> PlainTextResponse:
 class RobustDx:
     """Robust pathology classifier with Integrated-Gradients explanations (see the module docstring)."""
 
+    model_ref = PINNED_MODEL  # declared for `bentoml build` (None: the pointer names the model at run time)
+
     def __init__(self) -> None:
         from robustdx.service import logs
         from robustdx.service.monitoring.monitor import Monitor
 
         logs.install()  # bad uploads: one WARNING line each, not an ERROR with a traceback
         self.threshold = SETTINGS.confidence_threshold
-        self.pinned = os.environ.get(ENV_MODEL_TAG) or None  # a pinned tag is served until the variable goes away
+        self.pinned = SETTINGS.model_tag  # a pinned tag is served, the production pointer not followed
         try:
-            tag, expected = (resolve_tag(), None) if self.pinned else _production()
+            tag, expected = (self.pinned, None) if self.pinned else _production()
         except (LookupError, ValueError) as err:
             raise RuntimeError(f"robustdx service cannot start: {err}") from None  # text: local.STARTUP_FAILURE
         self.deadlines = Deadlines()
@@ -446,7 +460,10 @@ class RobustDx:
         """Load what the production pointer names, if it is not what is served; the old model keeps serving when
         anything is wrong. Returns an HTTP status and the swap, or the reason it did not happen."""
         if self.pinned:
-            return 409, f"this service is pinned to {self.pinned} by {ENV_MODEL_TAG}; unset it to follow the production pointer"
+            return 409, (
+                f"this service is pinned to {self.pinned} (ROBUSTDX_MODEL_TAG or --arg model_tag); "
+                "start it without one to follow the production pointer"
+            )
         with self._swap_lock:
             old = self._state
             try:

@@ -1,4 +1,8 @@
-"""The service's settings: one pydantic model read from the ``ROBUSTDX_*`` environment variables.
+"""The service's settings: one pydantic model, from BentoML's arguments over the ``ROBUSTDX_*`` environment.
+
+Where a value comes from, first match wins: an argument of ``bentoml serve/build --arg NAME=VALUE`` (read through
+``bentoml.use_arguments(ServiceSettings)``; a Bento built on promotion carries ``model_tag`` this way), then
+``$ROBUSTDX_NAME``, then the default below.
 
 Why one model: the limits, the batching knobs and the monitor's sampling were ~20 ``os.environ``
 look-ups spread over the service; here each has its name, default, bounds and description in one
@@ -12,15 +16,15 @@ imported, because BentoML's decorators (``resources``, ``traffic.timeout``) and 
 when the class is defined. So the environment is read once per process, like before; change a
 setting by restarting the service.
 
-Not here: ``ROBUSTDX_MODEL_TAG`` (and ``BENTOML_HOME``), read by
-:func:`robustdx.core.release.pointer.resolve_tag` at start-up and on reload, shared with the flows.
+``model_tag`` pins the service to one exact tag (the production pointer is not followed); without it the
+service serves, and follows, the production pointer of ``$BENTOML_HOME``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from robustdx.service.imaging import ImageLimits
@@ -42,6 +46,13 @@ class ServiceSettings(BaseSettings):
     """Every setting of the service; field ``x`` is read from ``$ROBUSTDX_X`` (case-insensitive)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- which model ---
+    model_tag: str | None = Field(
+        None,
+        description="Serve this exact model tag (robustdx:<version>, never ':latest') instead of following the production "
+        "pointer; the Bento built on promotion is pinned to its model this way.",
+    )
 
     # --- predictions and explanations ---
     confidence_threshold: float = Field(
@@ -108,6 +119,16 @@ class ServiceSettings(BaseSettings):
     # --- admin ---
     admin_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /admin/reload; empty disables reload (401).")
 
+    @field_validator("model_tag")
+    @classmethod
+    def _exact_tag(cls, tag: str | None) -> str | None:
+        if not tag:
+            return None
+        name, sep, version = tag.partition(":")
+        if not sep or not name or not version or version == "latest":
+            raise ValueError(f"must be an exact 'name:version' tag, never ':latest' (got {tag!r})")
+        return tag
+
     def image_limits(self) -> ImageLimits:
         """The per-image limits checked while a request is parsed."""
         return ImageLimits(
@@ -151,18 +172,24 @@ def _describe(err: ValidationError) -> str:
         info = ServiceSettings.model_fields.get(field)
         shown = "<hidden>" if field == "admin_token" else repr(e.get("input"))
         hint = f" ({info.description})" if info is not None and info.description else ""
-        problems.append(f"{env_name(field)}={shown}: {e['msg']}{hint}")
+        problems.append(f"{env_name(field)}={shown}: {e['msg']}{hint} (as a BentoML argument: --arg {field}=...)")
     return "; ".join(problems)
 
 
 def load_settings() -> ServiceSettings:
-    """The settings from the environment.
+    """The settings from BentoML's arguments (``--arg``) and the environment.
 
     Raises:
-        SettingsError: a variable holds an unusable value; the message names each variable, the
-            value and the rule it breaks, and starts with the service's start-up failure text.
+        SettingsError: a value is unusable; the message names each variable and argument, the value and the
+            rule it breaks, and starts with the service's start-up failure text.
     """
+    import bentoml
+    from bentoml.exceptions import InvalidArgument
+
     try:
-        return ServiceSettings()
-    except ValidationError as err:
-        raise SettingsError(f"robustdx service cannot start: invalid setting {_describe(err)}") from None
+        return bentoml.use_arguments(ServiceSettings)
+    except (InvalidArgument, ValidationError) as err:
+        cause = err if isinstance(err, ValidationError) else err.__cause__
+        if not isinstance(cause, ValidationError):
+            raise
+        raise SettingsError(f"robustdx service cannot start: invalid setting {_describe(cause)}") from None

@@ -37,6 +37,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every run the tests track goes to one session database, never to the checkout's ``runs/mlflow``.
+
+    Set in the environment, so the CLI and flow subprocesses the tests start track there too; the tests of
+    tracking itself read it back (:func:`robustdx.flows.tracking.tracking_uri`)."""
+    store = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        mp.delenv("ROBUSTDX_TRACKING", raising=False)
+        yield store
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
     """One thread: test tensors are tiny, and on a shared 2-core machine two threads mostly wait

@@ -37,7 +37,8 @@ Where it runs
 Outputs in ``<storage_path>/<name>/``: Ray's experiment state and trial folders, ``sweep.json`` (the
 sweep and base config it was started with; a resume with another configuration is refused),
 ``trials.csv`` (one row per trial), ``best.yaml`` (the best trial's complete run config, to retrain
-with ``robustdx train -c .../best.yaml``) and ``score_vs_params.png``.
+with ``robustdx train -c .../best.yaml``), ``score_vs_params.png`` and ``mlflow-run-id`` (the sweep's parent run in
+MLflow, :mod:`robustdx.flows.tracking`; each trial is a child run of it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from robustdx.core.config.base import load_yaml, resolve_beside
 from robustdx.core.config.sweep import SweepConfig, parse_sweep
 from robustdx.core.training.recipes import RECIPES, VOLATILE_KEYS
 from robustdx.core.util import write_csv
+from robustdx.flows import tracking
 from robustdx.flows.tune.results import ROW_FIELDS, best_row, grid_rows, plot_scores
 from robustdx.flows.tune.space import check_space, param_space, trial_config
 from robustdx.flows.tune.trainable import robustdx_trial
@@ -63,6 +65,7 @@ from robustdx.flows.tune.trainable import robustdx_trial
 Log = Callable[[str], None]
 TRIAL_RUNS = "runs"  # sub-folder of the experiment folder holding one run folder per trial
 SWEEP_RECORD = "sweep.json"
+MLFLOW_RUN_FILE = "mlflow-run-id"  # the sweep's parent MLflow run, continued when the sweep resumes
 # Sweep keys that may change on resume: they only decide where and with what resources trials run.
 _VOLATILE_SWEEP = frozenset({"base", "storage_path", "num_cpus", "resources_per_trial"})
 
@@ -259,8 +262,12 @@ def prepare_folder(sweep: SweepConfig, base: RunConfig, resume: bool, log: Log) 
         saved.write_text(json.dumps(record, indent=2))
 
 
-def _tuner(sweep: SweepConfig, base: RunConfig, log: Log) -> Any:
-    """A fresh Tuner, or the interrupted sweep's restored one."""
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def _tuner(sweep: SweepConfig, base: RunConfig, log: Log, callbacks: Sequence[Any] = ()) -> Any:
+    """A fresh Tuner, or the interrupted sweep's restored one (which keeps the callbacks it was started with)."""
     from ray import tune
 
     folder = sweep.experiment_dir
@@ -283,19 +290,20 @@ def _tuner(sweep: SweepConfig, base: RunConfig, log: Log) -> Any:
             storage_path=str(folder.parent),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=list(callbacks),
             verbose=1,
         ),
     )
 
 
-def _fit(sweep: SweepConfig, base: RunConfig, address: str | None, log: Log) -> Any:
+def _fit(sweep: SweepConfig, base: RunConfig, address: str | None, log: Log, callbacks: Sequence[Any] = ()) -> Any:
     """Run the trials on Ray (started here, or the one already initialised) and return Tune's ``ResultGrid``."""
     import ray
 
     started, local = _init_ray(sweep, address, log)
     try:
         check_resources(trial_resources(sweep), ray.cluster_resources(), strict=local, log=log)
-        return _tuner(sweep, base, log).fit()
+        return _tuner(sweep, base, log, callbacks).fit()
     finally:
         if started:
             ray.shutdown()
@@ -324,24 +332,36 @@ def run_sweep(cfg: SweepConfig, resume: bool = True, address: str | None = None,
     check_space(cfg, base)
     _scheduler(cfg, base)  # configuration errors before anything starts
     prepare_folder(cfg, base, resume, log)
-    grid = _fit(cfg, base, address, log)
     folder = cfg.experiment_dir
-    rows = grid_rows(grid, cfg, base)
-    trials_csv = write_csv(folder / "trials.csv", rows, list(rows[0]) if rows else list(ROW_FIELDS))
-    scored = [r for r in rows if r["score"] is not None]
-    if not scored:
-        errors = "\n".join(f"  {r['trial_id']}: {r['error'] or r['status']}" for r in rows)
-        raise SweepError(f"no trial of sweep {cfg.name!r} reported a score ({trials_csv}):\n{errors}")
-    best = best_row(scored)
-    params = list(cfg.space.dimensions())
-    best_params = {k: best[k] for k in params}
-    best_config = trial_config(cfg, base, best_params, name=f"{cfg.name}-best")
-    best_yaml = folder / "best.yaml"
-    best_yaml.write_text(
-        f"# best trial {best['trial_id']} of sweep {cfg.name!r}: {cfg.objective.metric}={best['score']:.4f}\n"
-        + dump_config(best_config)
-    )
-    plot = plot_scores(folder / "score_vs_params.png", rows, params, cfg.objective)
+    run_file = folder / MLFLOW_RUN_FILE
+    with tracking.tracked_run(
+        tracking.SWEEP, cfg.name, tags={"objective": cfg.objective.metric}, resume=_read(run_file)
+    ) as parent:
+        if parent.run_id:
+            run_file.write_text(parent.run_id)
+        parent.log_params({"num_samples": cfg.num_samples, "base": str(cfg.base), "space": cfg.space.model_dump(mode="json")})
+        grid = _fit(cfg, base, address, log, tracking.tune_callbacks(parent, cfg.name))
+        rows = grid_rows(grid, cfg, base)
+        trials_csv = write_csv(folder / "trials.csv", rows, list(rows[0]) if rows else list(ROW_FIELDS))
+        parent.log_artifact(trials_csv)
+        scored = [r for r in rows if r["score"] is not None]
+        if not scored:
+            errors = "\n".join(f"  {r['trial_id']}: {r['error'] or r['status']}" for r in rows)
+            raise SweepError(f"no trial of sweep {cfg.name!r} reported a score ({trials_csv}):\n{errors}")
+        best = best_row(scored)
+        params = list(cfg.space.dimensions())
+        best_params = {k: best[k] for k in params}
+        best_config = trial_config(cfg, base, best_params, name=f"{cfg.name}-best")
+        best_yaml = folder / "best.yaml"
+        best_yaml.write_text(
+            f"# best trial {best['trial_id']} of sweep {cfg.name!r}: {cfg.objective.metric}={best['score']:.4f}\n"
+            + dump_config(best_config)
+        )
+        plot = plot_scores(folder / "score_vs_params.png", rows, params, cfg.objective)
+        parent.log_metrics({"best_score": float(best["score"]), "trials": len(rows), "scored_trials": len(scored)})
+        parent.set_tags({"best_trial": best["trial_id"], **{f"best.{k}": v for k, v in best_params.items()}})
+        for path in (best_yaml, plot):
+            parent.log_artifact(path)
     return SweepResult(
         results_dir=folder,
         best_params=best_params,

@@ -53,6 +53,9 @@ def test_demo_from_nothing_then_again_over_its_leftovers(tmp_path: Path) -> None
     first = run(demo, env)
     assert "written" in first.stdout and "promoted" in first.stdout.lower()
     tag1 = read_production(home).tag
+    assert f"Bento:   robustdx:{tag1.partition(':')[2]}" in first.stdout  # promotion built the model's Bento
+    assert (home / "bentos" / "robustdx" / tag1.partition(":")[2] / "bento.yaml").is_file()
+    assert "MLflow:  run " in first.stdout
 
     second = run(demo, env)  # runs/ (Prefect database, sweeps, store) and the data set are left from the first
     assert "already holds this synthetic camelyon17 data set" in second.stdout

@@ -45,7 +45,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "bentoml"
 
 
-def test_gates_both_ways_and_rollback(bundles: dict[str, str], home: Path) -> None:
+def test_gates_both_ways_and_rollback(bundles: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracking_uri = f"sqlite:///{home.parent / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     first = promote(bundles["worse"], settings=FAST, home=home)  # empty store: only the (zero) floors apply
     assert first.decision.promote and first.previous is None
     assert read_production(home).tag == first.tag
@@ -68,6 +70,18 @@ def test_gates_both_ways_and_rollback(bundles: dict[str, str], home: Path) -> No
     actions = [r["action"] for r in read_audit(home)]
     assert actions == ["promoted", "promoted", "rejected", "rolled_back"]
     assert "clean_acc" in read_audit(home)[2]["summary"]
+
+    # every decision is an MLflow run with both models' scores (oldest first)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name("robustdx-promote")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["decision"] for r in runs] == ["promoted", "promoted", "rejected"]
+    assert [r.data.tags.get("tag") for r in runs] == [first.tag, better.tag, None]
+    assert runs[1].data.metrics["candidate.clean_acc"] == pytest.approx(cand["clean_acc"])
+    assert runs[1].data.metrics["serving.robust_acc"] == pytest.approx(prod["robust_acc"])
+    assert "serving.clean_acc" not in runs[0].data.metrics  # nothing was serving yet
 
 
 def test_rollback_refuses_a_tampered_previous_bundle(bundles: dict[str, str], home: Path) -> None:
@@ -145,9 +159,14 @@ def test_attribution_score_can_be_skipped(bundles: dict[str, str], home: Path) -
     assert ev.candidate["region"] == "centre" and ev.candidate["n_robust"] == 16
 
 
-def test_dry_runs_decide_as_a_promotion_would_and_write_nothing(bundles: dict[str, str], home: Path) -> None:
+def test_dry_runs_decide_as_a_promotion_would_and_write_nothing(
+    bundles: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
     from typer.testing import CliRunner
 
+    tracking_uri = f"sqlite:///{home.parent / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     from robustdx.cli.app import app
 
     runner = CliRunner()
@@ -165,3 +184,5 @@ def test_dry_runs_decide_as_a_promotion_would_and_write_nothing(bundles: dict[st
     done = runner.invoke(app, ["promote", "--rollback", "--dry-run", "--home", str(home)])
     assert done.exit_code == 0 and f"would serve {first.tag} again" in done.output, done.output
     assert read_production(home).previous == first.tag and len(read_audit(home)) == 2  # unchanged by the dry runs
+    client = MlflowClient(tracking_uri=tracking_uri)  # and not tracked: the two real promotions are
+    assert len(client.search_runs([client.get_experiment_by_name("robustdx-promote").experiment_id])) == 2

@@ -69,7 +69,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_sweep_on_local_ray_writes_table_plot_and_best_config(camelyon_root: Path, tmp_path: Path) -> None:
+def test_sweep_on_local_ray_writes_table_plot_and_best_config(
+    camelyon_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     sweep, base = load_sweep(write_sweep(tmp_path, camelyon_root, finetune_epochs=4))
     result = run_sweep(sweep)
 
@@ -106,6 +110,22 @@ def test_sweep_on_local_ray_writes_table_plot_and_best_config(camelyon_root: Pat
     again = run_sweep(sweep)
     assert again.total_trial_epochs == result.total_trial_epochs and again.best_score == result.best_score
     assert [r["epochs_trained"] for r in again.rows] == [r["epochs_trained"] for r in result.rows]
+
+    # MLflow: one parent run per sweep (the restore continued it), one child run per trial with its reports
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("robustdx-sweep").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.info.run_id == (sweep.experiment_dir / "mlflow-run-id").read_text()
+    assert parent.data.metrics["best_score"] == pytest.approx(result.best_score)
+    assert {"trials.csv", "best.yaml", "score_vs_params.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    for child in children:
+        assert len(client.get_metric_history(child.info.run_id, "score")) >= 1
 
 
 # ------------------------------------------------------------------------------- local cluster

@@ -100,6 +100,8 @@ def test_environment_overrides_are_parsed(monkeypatch: pytest.MonkeyPatch) -> No
         ("ROBUSTDX_CPU", "two", "pattern"),
         ("ROBUSTDX_DRIFT_WINDOW", "1", "greater than or equal to 2"),
         ("ROBUSTDX_MAX_BODY_BYTES", "-1", "greater than or equal to 1"),
+        ("ROBUSTDX_MODEL_TAG", "robustdx:latest", "never ':latest'"),
+        ("ROBUSTDX_MODEL_TAG", "robustdx", "exact 'name:version' tag"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
