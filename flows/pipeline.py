@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -60,6 +61,17 @@ def _key(text: str) -> str:
 def _link(text: str) -> str:
     """A Markdown link for an MLflow UI URL; a local database's run stays a plain sentence."""
     return f"[{text}]({text})" if text.startswith(("http://", "https://")) else text
+
+
+def _sweep_run_line(folder: Any) -> str:
+    """Where the sweep's parent MLflow run is (its id is kept in the sweep folder), or nothing when untracked."""
+    from robustdx.flows.tune.driver import MLFLOW_RUN_FILE
+
+    run_file = Path(folder) / MLFLOW_RUN_FILE
+    uri = tracking.tracking_uri()
+    if not run_file.is_file() or uri is None:
+        return ""
+    return f"\nTracked in MLflow: parent run `{run_file.read_text().strip()}` in `{uri}` (a child run per trial)\n"
 
 
 def _stamp() -> str:
@@ -116,7 +128,7 @@ def sweep_task(params: SweepParams) -> dict[str, Any]:
     create_markdown_artifact(
         f"# Sweep {cfg.name}\n\nbest score **{result.best_score:.4f}** ({cfg.objective}) with "
         f"`{json.dumps(result.best_params)}`\n\n{result.total_trial_epochs} trial-epochs in {result.wall_seconds:.0f} s; "
-        f"results in `{result.results_dir}`\n",
+        f"results in `{result.results_dir}`\n{_sweep_run_line(result.results_dir)}",
         key=_key(f"sweep-{cfg.name}-best"),
     )
     return {
