@@ -57,6 +57,7 @@ def test_synth_train_info_and_tamper(tmp_path: Path) -> None:
     promoted = robustdx("promote", str(bundle), "--home", str(home), "--n-robust", "16")
     assert promoted.returncode == 0, promoted.stderr
     assert "promoted robustdx-classifier:" in promoted.stdout and "clean_acc" in promoted.stdout
+    assert "Bento robustdx:" in promoted.stdout, promoted.stdout[-2000:]  # promote builds the model's Bento
     no_previous = robustdx("promote", "--rollback", "--home", str(home))
     assert no_previous.returncode == 2 and "nothing to roll back to" in no_previous.stderr
     both = robustdx("promote", str(bundle), "--rollback", "--home", str(home))

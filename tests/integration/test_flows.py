@@ -61,6 +61,7 @@ def test_retrain_flow_sweeps_trains_and_promotes(sweep_file: Path, tmp_path: Pat
     assert promotion["promoted"], promotion["summary"]
     assert read_production(home).tag == promotion["tag"]
     assert promotion["production"] is None  # first model: only the floors applied
+    assert promotion["bento"] == f"robustdx:{promotion['tag'].partition(':')[2]}"  # promote_flow built its Bento
 
     keys = asyncio.run(_artifact_keys())
     assert {"promotion-decision", "sweep-rt", "sweep-rt-best"} <= keys, keys
@@ -70,12 +71,13 @@ def test_retrain_flow_sweeps_trains_and_promotes(sweep_file: Path, tmp_path: Pat
     assert all(state == "COMPLETED" for state in states.values()), states
 
     # the same sweep (finished: resumed, no trial reruns) and the same full training again: a tie passes
-    again = retrain_flow(params)
+    again = retrain_flow(params.model_copy(update={"build_bento": False}))
     assert again["promotion"]["promoted"], again["promotion"]["summary"]
+    assert "bento" not in again["promotion"]  # switched off: promoted, no Bento built
     assert again["promotion"]["production_tag"] == promotion["tag"]
 
     # a floor no model meets: rejected, production unchanged, reason recorded
-    strict = params.model_copy(update={"gates": GateConfig(min_robust_acc=1.0)})
+    strict = params.model_copy(update={"gates": GateConfig(min_robust_acc=1.0), "build_bento": False})
     rejected = retrain_flow(strict)["promotion"]
     assert not rejected["promoted"] and "robust_acc" in rejected["summary"] and "floor 1" in rejected["summary"]
     assert read_production(home).tag == again["promotion"]["tag"]

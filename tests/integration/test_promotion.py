@@ -135,8 +135,8 @@ def test_promote_flow_records_the_decision(bundles: dict[str, str], home: Path, 
     from robustdx.flows.params import PromoteParams
     from robustdx.flows.pipeline import promote_flow
 
-    promote_flow(PromoteParams(bundle=bundles["good"], evaluation=FAST, bentoml_home=str(home)))
-    out = promote_flow(PromoteParams(bundle=bundles["worse"], evaluation=FAST, bentoml_home=str(home)))
+    promote_flow(PromoteParams(bundle=bundles["good"], evaluation=FAST, bentoml_home=str(home), build_bento=False))
+    out = promote_flow(PromoteParams(bundle=bundles["worse"], evaluation=FAST, bentoml_home=str(home), build_bento=False))
     assert not out["promoted"] and out["summary"].startswith("rejected")
 
     async def latest() -> str:
