@@ -26,6 +26,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from robustdx.core.release.pointer import bentoml_home
+from robustdx.flows.stackconf import repo_root
 
 BENTO_NAME = "robustdx"  # @bentoml.service(name=...) in service/app.py
 
@@ -34,24 +35,34 @@ class BentoBuildError(RuntimeError):
     """The Bento could not be built (the message carries the failing command's output)."""
 
 
-def source_checkout(start: Path | None = None) -> Path:
-    """The checkout whose ``pyproject.toml`` holds ``[tool.bentoml.build]`` (the one this module runs from).
+def source_checkout() -> Path:
+    """The checkout this module runs from (:func:`robustdx.flows.stackconf.repo_root`), if its ``pyproject.toml``
+    holds ``[tool.bentoml.build]``.
 
     Raises:
-        BentoBuildError: none found (an installed wheel has no pyproject.toml to build from).
+        BentoBuildError: no such file there (an installed wheel has no pyproject.toml to build from).
     """
-    here = (start or Path(__file__)).resolve()
-    for folder in (here, *here.parents):
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "build" in tomllib.loads(pyproject.read_text()).get("tool", {}).get("bentoml", {}):
-            return folder
-    raise BentoBuildError(f"no pyproject.toml with [tool.bentoml.build] above {here}: building a Bento needs the checkout")
+    repo = repo_root()
+    pyproject = repo / "pyproject.toml"
+    if pyproject.is_file() and "build" in tomllib.loads(pyproject.read_text()).get("tool", {}).get("bentoml", {}):
+        return repo
+    raise BentoBuildError(f"no pyproject.toml with [tool.bentoml.build] in {repo}: building a Bento needs the checkout")
 
 
 def wheel_name(repo: Path) -> str:
     """``dist/robustdx-<version>-py3-none-any.whl``: the wheel ``[tool.bentoml.build.python].wheels`` names."""
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     return f"dist/{project['name']}-{project['version']}-py3-none-any.whl"
+
+
+def _bentoml() -> str:
+    """The ``bentoml`` command of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def _env(home: Path | str | None) -> dict[str, str]:
+    """This environment for a BentoML subprocess on ``home``'s stores."""
+    return {**os.environ, "BENTOML_HOME": str(bentoml_home(home)), "BENTOML_DO_NOT_TRACK": "True"}
 
 
 def _run(cmd: list[str], repo: Path, env: dict[str, str], timeout: float) -> str:
@@ -66,9 +77,7 @@ def _run(cmd: list[str], repo: Path, env: dict[str, str], timeout: float) -> str
 
 def bento_info(bento: str, home: Path | str | None = None) -> dict | None:
     """``bentoml get <bento> -o json``, or None when the store has no such Bento."""
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home(home)), "BENTOML_DO_NOT_TRACK": "True"}
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    done = subprocess.run([bentoml, "get", bento, "-o", "json"], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([_bentoml(), "get", bento, "-o", "json"], env=_env(home), capture_output=True, text=True, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
@@ -87,18 +96,17 @@ def build_bento(tag: str, home: Path | str | None = None, repo: Path | None = No
     repo = repo or source_checkout()
     (repo / "dist").mkdir(exist_ok=True)
     with FileLock(repo / "dist" / ".build.lock"):  # one build at a time rewrites dist/'s wheel
-        return _build(tag, bento, home, repo, timeout)
+        return _build(tag, version, home, repo, timeout)
 
 
-def _build(tag: str, bento: str, home: Path | str | None, repo: Path, timeout: float) -> str:
-    version = bento.partition(":")[2]
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home(home)), "BENTOML_DO_NOT_TRACK": "True"}
+def _build(tag: str, version: str, home: Path | str | None, repo: Path, timeout: float) -> str:
+    bento = f"{BENTO_NAME}:{version}"
+    env = _env(home)
     env.pop("ROBUSTDX_MODEL_TAG", None)  # the argument names the model
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", "dist", "."], repo, env, timeout)
     if not (repo / wheel_name(repo)).is_file():
         raise BentoBuildError(f"pip wheel did not write {repo / wheel_name(repo)}")
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    out = _run([bentoml, "build", "--arg", f"model_tag={tag}", "--version", version, "-o", "tag", "."], repo, env, timeout)
+    out = _run([_bentoml(), "build", "--arg", f"model_tag={tag}", "--version", version, "-o", "tag", "."], repo, env, timeout)
     built = next((line.split("__tag__:", 1)[1].strip() for line in out.splitlines() if "__tag__:" in line), None)
     if built != bento:
         raise BentoBuildError(f"bentoml build reported {built!r}, expected {bento!r}:\n{out[-2000:]}")

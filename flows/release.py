@@ -130,32 +130,32 @@ def promote(
             tag = save_bundle_to_store(bundle_dir, home)
             pointer = write_production(home, tag, weights_sha256(load_bundle_from_store(tag, home)))
             previous = pointer.previous
-        with tracking.tracked_run(tracking.PROMOTE, f"promote {Path(bundle_dir).name}", tags={"action": "promote"}) as run:
-            run.log_params({"gates": gates.model_dump(mode="json"), "eps": evaluation.eps})
-            tracking.log_decision(
-                run,
-                evaluation.candidate,
-                evaluation.production,
-                decision="promoted" if decision.promote else "rejected",
-                bundle=str(bundle_dir),
-                tag=tag,
-                previous=previous,
-                serving_before=evaluation.production_tag,
-                summary=decision.summary,
-            )
-        append_audit(
-            home,
-            {
-                "action": "promoted" if decision.promote else "rejected",
-                "bundle": str(bundle_dir),
-                "tag": tag,
-                "previous": previous,
-                "production_tag": evaluation.production_tag,
-                "eps": evaluation.eps,
-                "candidate": evaluation.candidate,
-                "production": evaluation.production,
-                "summary": decision.summary,
-            },
+        record = {
+            "action": "promoted" if decision.promote else "rejected",
+            "bundle": str(bundle_dir),
+            "tag": tag,
+            "previous": previous,
+            "production_tag": evaluation.production_tag,
+            "eps": evaluation.eps,
+            "candidate": evaluation.candidate,
+            "production": evaluation.production,
+            "summary": decision.summary,
+        }
+        append_audit(home, record)
+    # tracked after the lock is released: MLflow's I/O need not hold up the next promotion
+    run_name = f"promote {Path(bundle_dir).resolve().parent.name}"  # the run folder; the bundle folder is "bundle"
+    with tracking.tracked_run(tracking.PROMOTE, run_name, tags={"action": "promote"}) as run:
+        run.log_params({"gates": gates.model_dump(mode="json"), "eps": evaluation.eps})
+        tracking.log_decision(
+            run,
+            evaluation.candidate,
+            evaluation.production,
+            decision=record["action"],
+            bundle=record["bundle"],
+            tag=tag,
+            previous=previous,
+            serving_before=evaluation.production_tag,
+            summary=decision.summary,
         )
     return PromotionResult(decision, evaluation, tag, previous)
 

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
 
 from robustdx.core.util import free_port
@@ -37,17 +36,12 @@ def postgres() -> Iterator[Cluster]:
         yield cluster
 
 
-def server(name: str, cmd: Sequence[str], env: Mapping[str, str], log: Path, health: str, timeout: float = 150) -> Proc:
-    """``cmd`` (the tests' one process helper), ready when ``health`` answers; without the shell's Prefect and
-    MLflow settings."""
-    return Proc(name, cmd, log, port=None, ready=lambda: _healthy(health), env=env, timeout=timeout, unset=DROP)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
+def server(
+    name: str, cmd: Sequence[str], env: Mapping[str, str], log: Path, port: int, health: str, timeout: float = 150
+) -> Proc:
+    """``cmd`` (the tests' one process helper), ready when ``health`` on ``port`` answers; without the shell's
+    Prefect and MLflow settings."""
+    return Proc(name, cmd, log, port=port, ready=health, env=env, timeout=timeout, unset=DROP)
 
 
 def test_prefect_server_keeps_its_flow_runs_in_postgres(postgres: Cluster, tmp_path: Path) -> None:
@@ -70,7 +64,7 @@ def test_prefect_server_keeps_its_flow_runs_in_postgres(postgres: Cluster, tmp_p
     def tiny(x: int) -> int:
         return x + 1
 
-    with server("prefect", cmd, env, tmp_path / "prefect.log", f"{api}/health"):
+    with server("prefect", cmd, env, tmp_path / "prefect.log", port, "/api/health"):
         home = tmp_path / "client_home"
         settings = {PREFECT_API_URL: api, PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
         with temporary_settings(settings):
@@ -110,7 +104,8 @@ def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_its_destination(p
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    with server("mlflow", cmd, {**postgres.env, "HOME": str(tmp_path)}, tmp_path / "mlflow.log", f"{uri}/health", timeout=240):
+    mlflow_env = {**postgres.env, "HOME": str(tmp_path)}
+    with server("mlflow", cmd, mlflow_env, tmp_path / "mlflow.log", port, "/health", timeout=240):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.create_experiment(f"pg-{uuid.uuid4().hex[:8]}")
         run = client.create_run(experiment, run_name="postgres-check")
