@@ -100,6 +100,10 @@ def experiment(
             "--report-only", help="Write the report from the cells finished so far (says which are missing); train nothing."
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Cells run at once, each in its own process (a GPU or many cores; 1 on a small CPU)."),
+    ] = 1,
 ) -> None:
     """Regenerate a paper table: every recipe x seed (x fold) on equal budgets, clean/robust accuracy with intervals,
     paired comparisons and attribution scores beside their controls, as a report folder.
@@ -126,7 +130,9 @@ def experiment(
             )
             return
 
-        report = run_experiment(exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"), report_only=report_only)
+        report = run_experiment(
+            exp, base, log=lambda m: console.print(f"[cyan]»[/] {m}"), report_only=report_only, workers=workers
+        )
     except (ConfigError, DataError, BundleError, ValueError) as err:
         fail(err)
     console.print(f"report: [bold]{report}[/]")

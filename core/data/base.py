@@ -119,7 +119,7 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     the second tensor of a ``TensorDataset``, else the second element of every item."""
     labels = getattr(dataset, "labels", None)
     if labels is None and isinstance(dataset, TensorDataset):
-        labels = dataset.tensors[1].numpy()
+        labels = dataset.tensors[1].cpu().numpy()
     if labels is None:
         labels = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
     return np.asarray(labels, dtype=int)

@@ -23,7 +23,11 @@ tests), so a rerun skips finished cells and an interrupted training resumes. The
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import platform
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +273,7 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
         "name": name, "recipe": str(recipe), "seed": seed, "fold": fold,
         "epochs": {k: getattr(cfg, k).epochs for _, k in RECIPES[recipe]},
         "train_seconds": sum(s.seconds for s in result.stages), "wall_seconds": time.perf_counter() - t0,
-        "eval_seconds": time.perf_counter() - t1, "bundle": str(result.bundle),
+        "eval_seconds": time.perf_counter() - t1, "bundle": str(result.bundle), "environment": run_environment(),
         "history": [{"regime": s.regime, "monitor": s.monitor, "history": s.history} for s in result.stages],
         **scores,
     }  # fmt: skip
@@ -278,11 +282,66 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
     return record
 
 
-def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None, report_only: bool = False) -> Any:
+def run_environment() -> dict[str, str]:
+    """Where a cell ran (a cell's timings and its floating-point details depend on it)."""
+    device = resolve_device("auto")
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "python": platform.python_version(), "threads": str(torch.get_num_threads()),
+    }  # fmt: skip
+
+
+def _print_log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_cell_job(job: tuple[ExperimentConfig, RunConfig, tuple[Recipe, int, int | None]]) -> tuple[str, str | None]:
+    """One cell in a worker: ``(name, None)``, or ``(name, traceback)`` so one failed cell does not stop the others."""
+    exp, base, cell = job
+    try:
+        run_cell(exp, base, cell, _print_log)
+    except Exception:  # noqa: BLE001 - reported by the parent, which fails the run once every cell has had its turn
+        return cell_name(*cell), traceback.format_exc()
+    return cell_name(*cell), None
+
+
+def run_cells_parallel(exp: ExperimentConfig, base: RunConfig, workers: int, log: Log) -> None:
+    """Run the unfinished cells in ``workers`` spawned processes (each its own cell, its own run folder).
+
+    Why: one small model leaves most of a GPU (or a many-core CPU) idle; cells are independent and each is
+    written when done, so a killed pool loses only the cells in flight, which resume on the next run.
+    Each worker gets an equal share of the CPU threads. Worker output goes to stdout, prefixed by cell.
+
+    Raises:
+        RuntimeError: a cell failed (after every other cell has run; each failure's traceback is logged).
+    """
+    pending = [c for c in cells_of(exp) if not cell_file(exp, c).is_file()]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"{len(pending)} cells to run in {workers} worker processes ({threads} threads each)")
+    failed: dict[str, str] = {}
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
+        for done, (name, error) in enumerate(pool.imap_unordered(_run_cell_job, [(exp, base, c) for c in pending]), 1):
+            if error:
+                failed[name] = error
+                log(f"{name}: FAILED ({done}/{len(pending)})\n{error}")
+            else:
+                log(f"{name}: finished ({done}/{len(pending)})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(pending)} cells failed ({', '.join(failed)}); the others are kept")
+
+
+def run_experiment(
+    exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m: None, report_only: bool = False, workers: int = 1
+) -> Any:
     """Run (or resume) every cell, then write the report folder; returns the report path.
 
     With ``report_only`` nothing is trained: the report covers the cells finished so far and says which
-    are missing (a long run can be looked at while it goes on).
+    are missing (a long run can be looked at while it goes on). With ``workers`` > 1 the unfinished cells
+    run in that many processes (:func:`run_cells_parallel`) before the report is written.
 
     Raises:
         ValueError: ``report_only`` and no cell is finished yet.
@@ -297,6 +356,8 @@ def run_experiment(exp: ExperimentConfig, base: RunConfig, log: Log = lambda _m:
             raise ValueError(f"no finished cell in {folder / 'cells'} yet: run the experiment first")
     else:
         (folder / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2))
+        if workers > 1:
+            run_cells_parallel(exp, base, workers, log)
         cells = [run_cell(exp, base, cell, log) for cell in cells_of(exp)]
     return write_experiment_report(exp, base, cells, folder)
 

@@ -179,12 +179,15 @@ def plot_training_curves(cells: list[dict[str, Any]], recipes: list[str], path: 
 
 
 def ig_grid(exp: ExperimentConfig, base: RunConfig, folder: Path, cells: list[dict[str, Any]]) -> Path | None:
-    """The paper's Fig. 1 for the first cell of every recipe (of those whose first cell is finished; None if none is)."""
+    """The paper's Fig. 1 for the first cell of every recipe (of those whose first cell is finished and whose bundle
+    is still on disk; None if none is)."""
     from robustdx.core.evaluation.experiment import attack_grid_models, cell_config
 
     finished = {c["name"] for c in cells}
     fold = 0 if exp.folds else None
-    done = [r for r in exp.recipes if cell_config(base, exp, r, exp.seeds[0], fold).name in finished]
+    firsts = {r: cell_config(base, exp, r, exp.seeds[0], fold) for r in exp.recipes}
+    # a cell's record can outlive its run folder (records are kept, bundles are not): plot those still here
+    done = [r for r, cfg in firsts.items() if cfg.name in finished and (cfg.run_dir / "bundle").exists()]
     if not done:
         return None
     models = attack_grid_models(exp, base, done)

@@ -34,8 +34,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple
     for batch in loader:
         x = batch[0].to(device)
         probs.append(torch.softmax(model(x).float(), dim=1).cpu())
-        labels.append(batch[1])
-        groups.append(batch[2])
+        labels.append(batch[1].cpu())  # a loader over on-device tensors yields device labels
+        groups.append(batch[2].cpu())
     model.train(was)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(groups).numpy()
 

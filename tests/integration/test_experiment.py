@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,13 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     assert (folder / "results.csv").read_text() == before
 
     (folder / "cells" / "ce-s1.json").unlink()  # as if the run were still going: report what is finished
+    bundles = sorted(folder.glob("runs/*adv_supcon_ft*s0*/bundle"))
+    assert len(bundles) == 1
+    shutil.rmtree(bundles[0])  # records outlive run folders (a copied report): the IG grid plots what is left
+    (folder / "ig_grid.png").unlink()
     run_experiment(exp, base, report_only=True)
     assert "Partial report: 3 of 4 cells finished** (missing: ce-s1)" in (folder / "report.md").read_text()
+    assert (folder / "ig_grid.png").stat().st_size > 1000
     assert len(list(csv.DictReader(open(folder / "results.csv")))) == 3
     for cell in (folder / "cells").glob("*.json"):
         cell.unlink()
@@ -92,10 +98,14 @@ def test_cross_validation_tests_every_image_once(busi_root: Path, tmp_path: Path
     raw["pretrain"]["class_weights"] = "balanced"
     over = {**TINY, "robustness": {**TINY["robustness"], "n_items": None}}
     exp, base = load_experiment(_experiment(tmp_path, raw, recipes=["ce"], seeds=[0], folds=2, **over))
-    run_experiment(exp, base)
+    log: list[str] = []
+    run_experiment(exp, base, log=log.append, workers=2)  # the folds in two processes at once
+    assert "2 cells to run in 2 worker processes" in log[0]
+    assert sorted(m.split(":")[0] for m in log if "finished (" in m) == ["ce-s0-f0", "ce-s0-f1"]
     folder = tmp_path / "reports" / "tiny"
     cells = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
     assert [c["fold"] for c in cells] == [0, 1]
+    assert all(c["environment"]["device"] and c["environment"]["torch"] for c in cells)
     ids = [i for c in cells for i in c["items"]]
     assert len(ids) == len(set(ids)) == 50, "the folds' test items partition the data set"
     assert "not better than chance" in (folder / "report.md").read_text().lower() or all(
