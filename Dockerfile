@@ -78,7 +78,7 @@ FROM base AS serve
 COPY --from=build-serve /opt/venv /opt/venv
 WORKDIR /app
 COPY deploy/bin/ /app/deploy/bin/
-RUN mkdir -p /var/lib/robustdx/bentoml && chown -R robustdx:robustdx /var/lib/robustdx
+RUN mkdir -p /var/lib/robustdx/bentoml /var/lib/robustdx/feedback && chown -R robustdx:robustdx /var/lib/robustdx
 ENV BENTOML_HOME=/var/lib/robustdx/bentoml \
     BENTOML_DO_NOT_TRACK=True \
     ROBUSTDX_SERVE_HOST=0.0.0.0 \

@@ -76,6 +76,11 @@ def demo(
         f"bundle:  {trained['bundle']}\n"
         f"serving: {os.environ['BENTOML_HOME']} ({promotion.get('tag') or promotion.get('production_tag')})"
     )
+    if out.get("snapshot"):
+        snap = out["snapshot"]
+        console.print(
+            f"data:    snapshot {snap['id']} ({snap['base']} base + {snap['feedback']} clinician images) {snap['path']}"
+        )
     if promotion.get("bento"):
         bento = promotion["bento"]
         console.print(f"Bento:   {bento} (BENTOML_HOME={os.environ['BENTOML_HOME']} bentoml serve {bento})")

@@ -142,4 +142,7 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command()(train)
     app.command()(experiment)
+    from robustdx.cli import snapshots
+
+    snapshots.register(data_app)
     app.add_typer(data_app, name="data")

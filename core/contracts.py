@@ -32,6 +32,13 @@ MONITOR_DROPPED = "robustdx_monitor_dropped"  # counter -> robustdx_monitor_drop
 MODEL_INFO = "robustdx_model_info"  # gauge = 1 for the serving model {version, regime, dataset, tag}
 BATCH_SIZE = "robustdx_batch_size"  # histogram: images per forward pass of /predict (service/batching.py)
 EXPLAIN_REFUSED = "robustdx_explain_refused"  # counter {reason} -> robustdx_explain_refused_total: busy / rate / deadline
+FEEDBACK = "robustdx_feedback"  # counter {class, agrees} -> robustdx_feedback_total: clinician labels received
+FEEDBACK_AGREEMENT = "robustdx_feedback_agreement"  # gauge: share of all feedback that confirms the prediction
+FEEDBACK_PENDING = "robustdx_feedback_pending"  # gauge: referred, stored predictions no clinician has answered
+FEEDBACK_PENDING_AGE = "robustdx_feedback_pending_oldest_seconds"  # gauge: age of the oldest of them
+INFERENCE_LOG_UP = "robustdx_inference_log_up"  # gauge: 1 while the inference log's database takes writes
+INFERENCE_LOG_WRITTEN = "robustdx_inference_log_written"  # counter -> _total: predictions written to the log
+INFERENCE_LOG_DROPPED = "robustdx_inference_log_dropped"  # counter -> _total: predictions not logged (queue full)
 LABEL_REASON = "reason"
 
 # --- pushed by the flows to a Prometheus Pushgateway (job "robustdx-flows"), when one is configured ---
@@ -44,6 +51,7 @@ PUSH_JOB = "robustdx-flows"
 ENV_PUSHGATEWAY = "ROBUSTDX_PUSHGATEWAY"
 
 LABEL_CLASS = "class"
+LABEL_AGREES = "agrees"  # "true" / "false": the feedback confirms the prediction
 INFO_LABELS = ("version", "regime", "dataset", "tag")
 
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -67,6 +75,13 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     MODEL_INFO: ("gauge", INFO_LABELS, "1 for the model being served."),
     BATCH_SIZE: ("histogram", (), "Images per forward pass of /predict (requests batched while the model was busy)."),
     EXPLAIN_REFUSED: ("counter", (LABEL_REASON,), "/explain requests refused: busy (429), rate (429) or deadline (503)."),
+    FEEDBACK: ("counter", (LABEL_CLASS, LABEL_AGREES), "Clinician feedback received, by confirmed class and agreement."),
+    FEEDBACK_AGREEMENT: ("gauge", (), "Share of all clinician feedback that confirms the model's prediction."),
+    FEEDBACK_PENDING: ("gauge", (), "Referred predictions with a stored image that no clinician has answered yet."),
+    FEEDBACK_PENDING_AGE: ("gauge", (), "Age in seconds of the oldest referred prediction still awaiting feedback."),
+    INFERENCE_LOG_UP: ("gauge", (), "1 while the inference log's database accepts writes, 0 while it is down."),
+    INFERENCE_LOG_WRITTEN: ("counter", (), "Predictions written to the inference log."),
+    INFERENCE_LOG_DROPPED: ("counter", (), "Predictions dropped from the inference log because its queue was full."),
 }
 
 FLOW_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Create the compose stack's secrets once (never overwritten, never printed, never committed):
 #   deploy/.env                            PREFECT_AUTH_STRING (Prefect API basic auth, robustdx:<prefect-password>),
-#                                          ROBUSTDX_ADMIN_TOKEN (the service's reload endpoint)
+#                                          ROBUSTDX_ADMIN_TOKEN (the service's reload endpoint),
+#                                          ROBUSTDX_CLINICIAN_TOKEN (the service's feedback endpoint)
 #   deploy/secrets/prefect-password        the password of PREFECT_AUTH_STRING (Prometheus scrapes with it)
 #   deploy/secrets/alert-token             Alertmanager -> alert receiver bearer secret
 #   deploy/secrets/grafana-admin-password  Grafana's admin password (user admin)
-#   deploy/secrets/postgres-password       PostgreSQL user robustdx (the Prefect server's and MLflow's databases)
+#   deploy/secrets/postgres-password       PostgreSQL user robustdx (the Prefect server's, MLflow's and the inference log's databases)
 # docker compose -f deploy/compose.yaml up refuses to start until they exist. Read one with e.g.
 #   cat deploy/secrets/grafana-admin-password
 set -eu
@@ -35,4 +36,8 @@ fi
 if ! grep -q '^ROBUSTDX_ADMIN_TOKEN=' "$env_file"; then
     echo "ROBUSTDX_ADMIN_TOKEN=$(secret)" >> "$env_file"
     echo "created ROBUSTDX_ADMIN_TOKEN in deploy/.env"
+fi
+if ! grep -q '^ROBUSTDX_CLINICIAN_TOKEN=' "$env_file"; then
+    echo "ROBUSTDX_CLINICIAN_TOKEN=$(secret)" >> "$env_file"
+    echo "created ROBUSTDX_CLINICIAN_TOKEN in deploy/.env"
 fi

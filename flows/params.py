@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from robustdx.core.release.gates import GateConfig
 from robustdx.flows.release import EvaluationSettings
+from robustdx.flows.snapshots import FeedbackSettings
 
 
 class _Params(BaseModel):
@@ -64,3 +65,6 @@ class RetrainParams(_Params):
     service_url: str | None = Field(None, description="Running service to reload after a promotion.")
     build_bento: bool = Field(True, description=BUILD_BENTO)
     reason: str = Field("manual", description="Why this retrain runs (manual, schedule, drift alert); recorded.")
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings, description="Train on a data snapshot with the clinicians' labels (and wait for them)."
+    )

@@ -43,6 +43,7 @@ from robustdx.core.util import markdown_table
 from robustdx.flows import metrics as flow_metrics
 from robustdx.flows import release, tracking
 from robustdx.flows.params import PromoteParams, RetrainParams, SweepParams, TrainParams
+from robustdx.flows.snapshots import FeedbackSettings, freeze_snapshot, snapshot_markdown
 
 PERMANENT_ERRORS = (ConfigError, DataError, BundleError, ValueError, TypeError, KeyError, FileNotFoundError)
 
@@ -171,6 +172,17 @@ def bento_task(tag: str, home: str | None) -> dict[str, Any]:
         return {"bento": None, "bento_error": str(err)}
     get_run_logger().info("built Bento %s (bentoml serve %s / bentoml containerize %s)", bento, bento, bento)
     return {"bento": bento}
+
+
+@task(cache_policy=NO_CACHE)
+def snapshot_task(settings: FeedbackSettings, sweep: SweepParams, home: str | None, output_dir: str) -> dict[str, Any]:
+    """Freeze the data snapshot the retrain trains on (the sweep's base data + accepted feedback)."""
+    from robustdx.flows.tune import driver as tune
+
+    _cfg, base = tune.load_sweep(sweep.config, sweep.overrides, sweep.run_overrides)
+    snap = freeze_snapshot(settings, base.data, home, output_dir, log=get_run_logger().info)
+    create_markdown_artifact(snapshot_markdown(snap), key=_key(f"snapshot-{snap['id']}"), description=f"snapshot {snap['id']}")
+    return snap
 
 
 @task(cache_policy=NO_CACHE)
@@ -308,8 +320,14 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
     logger.info("retrain %s (reason: %s)", stamp, params.reason)
     with _pushed("retrain", {}):
         sweep_params = params.sweep.model_copy(update={"name": params.sweep.name or f"retrain-{stamp}"})
+        train_overrides, snap = list(params.train_overrides), None
+        if params.feedback.use:
+            snap = snapshot_task(params.feedback, sweep_params, params.bentoml_home, params.output_dir)
+            data_override = f"data.snapshot={snap['path']}"
+            sweep_params = sweep_params.model_copy(update={"run_overrides": [*sweep_params.run_overrides, data_override]})
+            train_overrides.append(data_override)
         sweep = sweep_flow(sweep_params)
-        cfg = best_run_config(sweep["best_config"], params.train_overrides, params.output_dir, f"retrain-{stamp}")
+        cfg = best_run_config(sweep["best_config"], train_overrides, params.output_dir, f"retrain-{stamp}")
         best, score = sweep["best_params"], sweep["best_score"]
         logger.info("best trial %s (score %.4f); training it in full as %s", best, score, cfg.run_dir)
         trained = train_task(cfg)
@@ -323,7 +341,7 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
                 build_bento=params.build_bento,
             )
         )
-        return {"reason": params.reason, "sweep": sweep, "train": trained, "promotion": outcome}
+        return {"reason": params.reason, "snapshot": snap, "sweep": sweep, "train": trained, "promotion": outcome}
 
 
 FLOWS: dict[str, Callable[..., Any]] = {

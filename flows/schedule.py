@@ -38,8 +38,15 @@ DEFAULT_CRON = "0 2 * * *"
 DEFAULT_COOLDOWN = timedelta(hours=6)
 
 
+# a drift retrain waits (at most 4 h) for 100 clinician labels on the last day's predictions, then trains anyway
+DRIFT_FEEDBACK = {"min_labelled": 100, "wait_seconds": 4 * 3600.0}
+
+
 def _params(base: RetrainParams, reason: str) -> dict[str, Any]:
-    return {"params": base.model_copy(update={"reason": reason}).model_dump(mode="json")}
+    update: dict[str, Any] = {"reason": reason}
+    if reason == "drift alert":
+        update["feedback"] = base.feedback.model_copy(update=DRIFT_FEEDBACK)
+    return {"params": base.model_copy(update=update).model_dump(mode="json")}
 
 
 def drift_trigger(base: RetrainParams, cooldown: timedelta = DEFAULT_COOLDOWN) -> DeploymentEventTrigger:

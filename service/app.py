@@ -19,6 +19,13 @@ Endpoints:
   429 when the explanation slots are taken or a client exceeds its attacked-copy rate, 503 when one
   runs past ``ROBUSTDX_EXPLAIN_DEADLINE_SECONDS`` (it is stopped, not left computing).
 * ``GET /model`` — version, tag, regime, data card, validation/test clean and robust metrics, hashes.
+* ``POST /feedback`` — JSON ``request_id``, ``label``, ``reviewer`` (+ ``note``), bearer token from
+  ``$ROBUSTDX_CLINICIAN_TOKEN`` (not the admin token): a clinician's confirmed label for a prediction. Every
+  ``/predict`` answer carries a ``request_id``; its row in the inference log (:mod:`robustdx.service.records`,
+  SQLite under ``$BENTOML_HOME/feedback`` or ``$ROBUSTDX_INFERENCE_DB_URL``) is written off the request path.
+  Images are kept only with ``store_image=true`` (content-addressed), and only those can be answered. Idempotent
+  per (request, reviewer); unknown ids 404, labels outside the model's classes 422, a second different answer 409.
+* ``GET /feedback/stats`` — counts by label and model version, agreement with the predictions, pending reviews.
 * ``POST /admin/reload`` — bearer token from ``$ROBUSTDX_ADMIN_TOKEN`` (unset: reload disabled, 401).
   Loads the production pointer's tag in a worker thread and swaps it in atomically; requests in
   flight finish on the model they started with. A bundle failing its hash check is refused (409)
@@ -36,10 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +67,16 @@ from robustdx.service.explaining import Busy, DeadlineExceeded, Deadlines, Expla
 from robustdx.service.guard import EdgeGuard, GuardLimits
 from robustdx.service.imaging import ImageError, check_request, decode, inspect
 from robustdx.service.monitoring.metrics import metrics
-from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, ModelInfo, Prediction, ReloadResult
+from robustdx.service.schemas import (
+    AttackOut,
+    AttributionOut,
+    Explanation,
+    FeedbackOut,
+    FeedbackStats,
+    ModelInfo,
+    Prediction,
+    ReloadResult,
+)
 from robustdx.service.settings import load_settings
 
 log = logging.getLogger("robustdx.service")
@@ -194,6 +212,21 @@ async def model_card_markdown() -> PlainTextResponse:
     return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
+@card_app.get(
+    "/feedback/stats",
+    response_model=FeedbackStats,
+    summary="What clinicians said about the predictions",
+    description="Feedback counts by confirmed label and by model version, the share agreeing with the prediction, and "
+    "the referred predictions still awaiting review (aggregates only: no image, no request id).",
+    tags=["Service APIs"],
+)
+async def feedback_stats() -> Any:
+    try:
+        return await asyncio.to_thread(bentoml.get_current_service().feedback_stats)
+    except _Refused as err:
+        return _error(err.status, str(err))
+
+
 def _description() -> str | None:
     """The pinned model's card: ``bentoml build`` takes it as the Bento's description (its README and the Swagger
     UI's introduction). None (BentoML's default text) when the service follows the pointer or the tag is absent."""
@@ -236,6 +269,7 @@ class RobustDx:
         self._decoders = ThreadPoolExecutor(max_workers=SETTINGS.decode_workers, thread_name_prefix="robustdx-decode")
         self._metrics = metrics()
         self._state = self._loaded(tag, expected)
+        self.records = self._inference_log() if SETTINGS.inference_log else None
         self._swap_lock = threading.Lock()  # one reload at a time, from the admin route or the pointer poller
         self.monitor = Monitor(SETTINGS.monitor_settings())
         self._watch(self._state)
@@ -243,6 +277,42 @@ class RobustDx:
             threading.Thread(target=self._follow_pointer, name="robustdx-pointer", daemon=True).start()
 
     # ---- helpers ------------------------------------------------------------------------------
+    def _inference_log(self) -> Any:
+        """The inference log writer (its thread migrates the database when it is reachable; until then the service
+        serves and the rows wait in the bounded queue)."""
+        from robustdx.core.feedback.images import ImageStore
+        from robustdx.core.feedback.store import FeedbackStore
+        from robustdx.service.records import InferenceLog, LogHooks
+
+        url, images = SETTINGS.feedback_paths()
+        m = self._metrics
+        for cls in self._state.classes:  # exported at 0 from the start: rate() needs a first sample
+            for agrees in ("true", "false"):
+                m.feedback.labels(cls, agrees)
+
+        def housekeeping(store: FeedbackStore) -> None:
+            stats = store.stats()
+            m.feedback_pending.set(stats["pending_review"])
+            m.feedback_pending_age.set(stats["oldest_pending_seconds"] or 0.0)
+            if stats["agreement"] is not None:
+                m.feedback_agreement.set(stats["agreement"])
+
+        hooks = LogHooks(
+            up=lambda ok: m.log_up.set(1 if ok else 0),
+            written=m.log_written.inc,
+            dropped=m.log_dropped.inc,
+            housekeeping=housekeeping,
+        )
+        return InferenceLog(FeedbackStore(url), ImageStore(images), hooks, capacity=SETTINGS.inference_log_queue)
+
+    def feedback_stats(self) -> dict[str, Any]:
+        """GET /feedback/stats (a worker thread: it reads the database)."""
+        if self.records is None:
+            raise _Refused(404, "the inference log is off (ROBUSTDX_INFERENCE_LOG=0): there is no feedback")
+        if not self.records.ready.is_set():
+            raise _Refused(503, "the inference log's database is not reachable yet; retry later")
+        return self.records.store.stats()
+
     def _loaded(self, tag: str, expected_sha256: str | None) -> Served:
         """:func:`_load`, with the explanation deadline checked inside the model's forward passes."""
         st = _load(tag, expected_sha256)
@@ -316,22 +386,53 @@ class RobustDx:
             AfterValidator(_check_request),
         ],
         ctx: bentoml.Context,
+        store_image: Annotated[
+            bool,
+            Field(
+                description="Keep the images (content-addressed) so a clinician's feedback on them can train the next "
+                "model; off by default: only their SHA-256 is logged."
+            ),
+        ] = False,
     ) -> list[Prediction]:
-        """Classify images: label, probabilities, margin, model version (refer to clinician when unsure)."""
+        """Classify images: label, probabilities, margin, model version (refer to clinician when unsure), and the
+        request id of each prediction in the inference log (what POST /feedback answers)."""
         st = self._state
         try:
-            x = await self._decoded(st, images)
+            x, files = await self._decoded(st, images)
         except ImageError as err:  # its own request only: decoding happens before batching
             return _error(400, str(err), ctx)
-        return await self.batcher.submit(st, x)
+        predictions = await self.batcher.submit(st, x)
+        return self._logged(st, predictions, files, store_image)
 
-    async def _decoded(self, st: Served, paths: list[Path]) -> Any:
-        """The request's images as a tensor. Small ones are decoded on the event loop (well under a millisecond);
-        larger ones on the decode threads, so a flood of large uploads queues there and not in front of /livez."""
+    def _logged(self, st: Served, predictions: list[Prediction], files: list[bytes], store: bool) -> list[Prediction]:
+        """Give each prediction its request id and queue its inference-log row (never blocks, never fails it)."""
+        from robustdx.core.feedback.store import InferenceRecord
+        from robustdx.service.records import Logged
+
+        now = datetime.now(UTC)
+        out, rows = [], []
+        for pred, data in zip(predictions, files, strict=True):
+            pred = pred.model_copy(update={"request_id": uuid.uuid4().hex, "image_stored": store and self.records is not None})
+            out.append(pred)
+            if self.records is not None:
+                record = InferenceRecord(
+                    pred.request_id, now, st.version, st.tag, hashlib.sha256(data).hexdigest(), store, pred.label,
+                    pred.probabilities, pred.confidence, pred.refer_to_clinician,
+                )  # fmt: skip
+                rows.append(Logged(record, data if store else None))
+        if rows:
+            self.records.submit(rows)
+        return out
+
+    async def _decoded(self, st: Served, paths: list[Path]) -> tuple[Any, list[bytes]]:
+        """The request's images as a tensor, and their bytes. Small ones are decoded on the event loop (well under
+        a millisecond); larger ones on the decode threads, so a flood of large uploads queues there and not in
+        front of /livez."""
         pixels = sum(inspect(p, LIMITS).pixels for p in paths)
         if pixels <= INLINE_DECODE_PIXELS:
-            return self._tensor(st, paths)
-        return await asyncio.get_running_loop().run_in_executor(self._decoders, self._tensor, st, paths)
+            return self._tensor(st, paths), [p.read_bytes() for p in paths]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoders, lambda: (self._tensor(st, paths), [p.read_bytes() for p in paths]))
 
     def _infer(self, st: Served, x: Any) -> list[Prediction]:
         """One forward pass over a batch of requests' images (the batcher's inference thread)."""
@@ -439,17 +540,52 @@ class RobustDx:
         )
         return pred, out
 
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self,
+        ctx: bentoml.Context,
+        request_id: Annotated[str, Field(min_length=1, max_length=64, description="The prediction's request_id.")],
+        label: Annotated[str, Field(min_length=1, max_length=64, description="The label the reviewer confirms.")],
+        reviewer: Annotated[str, Field(min_length=1, max_length=120, description="Who answers (an id, not a name).")],
+        note: Annotated[str | None, Field(description="Optional free text (at most 2,000 characters).")] = None,
+    ) -> FeedbackOut:
+        """A clinician's confirmed label for a prediction (bearer token of ROBUSTDX_CLINICIAN_TOKEN). Idempotent per
+        (request, reviewer): the same answer again is 200 with created=false; a different one is 409."""
+        refused = _bearer(ctx, SETTINGS.clinician_token.get_secret_value(), "ROBUSTDX_CLINICIAN_TOKEN", "feedback")
+        if refused:
+            return _error(401, refused, ctx)
+        try:
+            return await asyncio.to_thread(self._feedback, request_id, label, reviewer, note)
+        except _Refused as err:
+            return _error(err.status, str(err), ctx)
+
+    def _feedback(self, request_id: str, label: str, reviewer: str, note: str | None) -> FeedbackOut:
+        from robustdx.core.feedback.store import FeedbackError
+
+        if self.records is None:
+            raise _Refused(404, "the inference log is off (ROBUSTDX_INFERENCE_LOG=0): no prediction can be answered")
+        if not self.records.ready.is_set() or not self.records.flush(timeout=10.0):
+            raise _Refused(503, "the inference log's database is not reachable; nothing was written, retry later")
+        try:
+            fb, created = self.records.store.add_feedback(request_id, reviewer, label, note)
+        except FeedbackError as err:
+            raise _Refused(err.status, str(err)) from None
+        except Exception as err:  # noqa: BLE001 - the database went away between the flush and the write
+            log.warning("feedback for %s not written: %s", request_id, err)
+            raise _Refused(503, "the inference log's database is not reachable; nothing was written, retry later") from None
+        predicted = self.records.store.inference(request_id)
+        agrees = predicted is not None and predicted.prediction == fb.label
+        if created:
+            self._metrics.feedback.labels(fb.label, "true" if agrees else "false").inc()
+        return FeedbackOut(**fb.to_json(), created=created, agrees_with_prediction=agrees)
+
     @bentoml.api(route="/admin/reload")
     async def reload(self, ctx: bentoml.Context) -> ReloadResult:
         """Load the current production model (bearer token required); the old model serves until the swap."""
 
-        token = SETTINGS.admin_token.get_secret_value()
-        given = ctx.request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if not token:
-            return _error(401, "reload is disabled: the server has no ROBUSTDX_ADMIN_TOKEN", ctx)
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <ROBUSTDX_ADMIN_TOKEN>)", ctx)
+        refused = _bearer(ctx, SETTINGS.admin_token.get_secret_value(), "ROBUSTDX_ADMIN_TOKEN", "reload")
+        if refused:
+            return _error(401, refused, ctx)
         status, result = await asyncio.to_thread(self.reload_from_pointer)
         if isinstance(result, str):
             return _error(status, result, ctx)
@@ -502,6 +638,24 @@ class RobustDx:
                 log.exception("robustdx pointer poller: reading the production pointer failed")
 
 
+def _bearer(ctx: bentoml.Context, token: str, variable: str, what: str) -> str | None:
+    """Why the request's bearer token does not open ``what`` (None: it does). Compared in constant time."""
+    scheme, _, value = ctx.request.headers.get("authorization", "").partition(" ")
+    if not token:
+        return f"{what} is disabled: the server has no {variable}"
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        return f"missing or wrong bearer token (Authorization: Bearer <{variable}>)"
+    return None
+
+
+class _Refused(Exception):
+    """A request refused with an HTTP status and a message (nothing was written)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class _Swap:
     reloaded: bool
@@ -521,6 +675,6 @@ def _production() -> tuple[str, str | None]:
 
 RobustDx.add_asgi_middleware(
     EdgeGuard,
-    routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": ()},
+    routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": (), "/feedback": ()},
     limits=GuardLimits(SETTINGS.max_body_bytes, SETTINGS.body_timeout, SETTINGS.max_requests_per_client),
 )

@@ -31,6 +31,32 @@ class Prediction(BaseModel):
     model_version: str = Field(
         description="Bundle version (first 12 hex digits of the weights' SHA-256).", examples=["3f9a1c0d2b7e"]
     )
+    request_id: str | None = Field(
+        None,
+        description="Id of this prediction in the inference log: what POST /feedback answers (None from /explain).",
+        examples=["5f0c6a1e9b2d4c7a8e3f1b0d2c4a6e8f"],
+    )
+    image_stored: bool = Field(False, description="The image was kept for review and retraining (store_image=true).")
+
+
+class FeedbackOut(BaseModel):
+    request_id: str
+    reviewer: str
+    label: str = Field(description="The label the reviewer confirmed.", examples=["tumor"])
+    note: str | None = None
+    created_at: str = Field(description="When the answer was recorded (ISO 8601, UTC).")
+    created: bool = Field(description="False when the same answer had been recorded before (idempotent repeat).")
+    agrees_with_prediction: bool = Field(description="The reviewer's label is the model's prediction.")
+
+
+class FeedbackStats(BaseModel):
+    inferences: int = Field(description="Predictions in the inference log.")
+    feedback: int = Field(description="Reviewer answers recorded.")
+    by_label: dict[str, int] = Field(description="Answers per confirmed label.")
+    by_model_version: dict[str, dict[str, Any]] = Field(description="Per model version: answers, agreeing answers, agreement.")
+    agreement: float | None = Field(description="Share of answers that confirm the prediction (None before any).")
+    pending_review: int = Field(description="Referred predictions with a stored image that nobody has answered yet.")
+    oldest_pending_seconds: float | None = Field(description="Age of the oldest of them.")
 
 
 class AttributionOut(BaseModel):

@@ -22,6 +22,7 @@ service serves, and follows, the production pointer of ``$BENTOML_HOME``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from robustdx.service.monitoring.monitor import MonitorSettings
 
 ENV_PREFIX = "ROBUSTDX_"
+SECRET_FIELDS = ("admin_token", "clinician_token", "inference_db_url")  # never echoed in errors
 _MIB = 1 << 20
 _LIMITS = ImageLimits()
 
@@ -116,6 +118,21 @@ class ServiceSettings(BaseSettings):
         15.0, ge=0.0, description="Seconds between checks of the production pointer (a moved pointer is loaded; 0 = off)."
     )
 
+    # --- inference log and feedback ---
+    inference_log: bool = Field(True, description="Log every prediction (request id, model, image hash, answer) to a database.")
+    feedback_dir: Path | None = Field(
+        None, description="Folder of the default SQLite inference log and of stored images (default: $BENTOML_HOME/feedback)."
+    )
+    inference_db_url: str = Field(
+        "", description="SQLAlchemy URL of the inference log (e.g. postgresql+psycopg://...); empty: SQLite in feedback_dir."
+    )
+    inference_log_queue: int = Field(
+        2000, ge=1, le=1_000_000, description="Predictions waiting to be written; beyond, rows are dropped and counted."
+    )
+    clinician_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token of POST /feedback (not the admin token); empty disables feedback (401)."
+    )
+
     # --- admin ---
     admin_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /admin/reload; empty disables reload (401).")
 
@@ -128,6 +145,14 @@ class ServiceSettings(BaseSettings):
         if not sep or not name or not version or version == "latest":
             raise ValueError(f"must be an exact 'name:version' tag, never ':latest' (got {tag!r})")
         return tag
+
+    def feedback_paths(self) -> tuple[str, Path]:
+        """The inference log's database URL and the image store's folder."""
+        from robustdx.core.feedback.store import sqlite_url
+        from robustdx.core.release.pointer import bentoml_home
+
+        folder = self.feedback_dir or bentoml_home() / "feedback"
+        return self.inference_db_url or sqlite_url(folder / "inference.db"), folder / "images"
 
     def image_limits(self) -> ImageLimits:
         """The per-image limits checked while a request is parsed."""
@@ -170,7 +195,7 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else ""
         info = ServiceSettings.model_fields.get(field)
-        shown = "<hidden>" if field == "admin_token" else repr(e.get("input"))
+        shown = "<hidden>" if field in SECRET_FIELDS else repr(e.get("input"))
         hint = f" ({info.description})" if info is not None and info.description else ""
         problems.append(f"{env_name(field)}={shown}: {e['msg']}{hint} (as a BentoML argument: --arg {field}=...)")
     return "; ".join(problems)

@@ -99,6 +99,12 @@ class DataConfig(Strict):
         "stratified and seeded by split_seed; None keeps the fixed hold-out split.",
     )
     cv_fold: int = Field(0, ge=0, description="Which of the cv_folds folds is the test split (0 .. cv_folds-1).")
+    snapshot: Path | None = Field(
+        None,
+        description="A data snapshot (runs/snapshots/ID, from `robustdx data snapshot`): train on the base data set, "
+        "checked against the snapshot's hashes, plus the clinician-labelled images it froze; its held-out recent "
+        "share is the 'recent' validation set of promotion.",
+    )
 
     @model_validator(mode="after")
     def _cross_validation(self) -> DataConfig:

@@ -27,7 +27,12 @@ _DATASETS.register("busi")(busi.build)
 
 def build_splits(cfg: DataConfig, two_views: bool = False) -> Splits:
     """Train/val/test data sets for ``cfg``; ``two_views`` makes training items SupCon view pairs."""
-    return _DATASETS.get(str(cfg.dataset))(cfg, two_views)
+    splits = _DATASETS.get(str(cfg.dataset))(cfg, two_views)
+    if cfg.snapshot is not None:
+        from robustdx.core.data.snapshot import with_snapshot
+
+        splits = with_snapshot(splits, cfg.snapshot)
+    return splits
 
 
 def list_datasets() -> list[str]:

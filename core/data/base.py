@@ -290,6 +290,8 @@ class Splits:
     class_names: list[str]
     group_names: list[str]
     cv: CrossValidation | None = None
+    recent: ImageDataset | None = None  # held-out clinician-labelled production images (a data snapshot's)
+    snapshot: dict[str, Any] | None = None  # the data snapshot trained on: id, feedback images, recent, until
 
     def card(self) -> dict[str, Any]:
         """The data card stored in bundles: counts per split, class and group, and the cross-validation
@@ -297,8 +299,11 @@ class Splits:
         out: dict[str, Any] = {"classes": self.class_names, "groups": self.group_names, "splits": {}}
         if self.cv is not None:
             out.update(self.cv.card())
-        for name in ("train", "val", "test"):
-            ds: ImageDataset = getattr(self, name)
+        out["snapshot"] = self.snapshot
+        for name in ("train", "val", "test", "recent"):
+            ds: ImageDataset | None = getattr(self, name)
+            if ds is None:
+                continue
             out["splits"][name] = {
                 "n": len(ds),
                 "per_class": np.bincount(ds.labels, minlength=len(self.class_names)).tolist(),

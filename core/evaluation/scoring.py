@@ -30,8 +30,10 @@ from robustdx.core.explain.ig import SCORING_STEPS, integrated_gradients
 from robustdx.core.explain.maps import attribution_map
 
 Objective = Literal["robust_mean", "clean", "robust"]
-SCORE_KEYS = ("clean_acc", "robust_acc", "attribution")  # what the promotion gates compare
-REPORT_KEYS = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust")  # tables
+# what the promotion gates compare ("recent_*": on a data snapshot's held-out clinician-labelled images)
+SCORE_KEYS = ("clean_acc", "robust_acc", "attribution", "recent_clean_acc", "recent_robust_acc")
+REPORT_KEYS = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust",
+               "recent_clean_acc", "recent_robust_acc", "n_recent")  # tables; fmt: skip
 
 
 def region_name(cfg: RunConfig) -> str:
@@ -84,7 +86,8 @@ class ScoringSettings(BaseModel):
 def validation_scores(
     model: nn.Module, cfg: RunConfig, splits: Splits, device: torch.device, settings: ScoringSettings
 ) -> dict[str, Any]:
-    """Clean, robust (PGD at ``settings.eps``) and attribution scores of ``model`` on the validation split.
+    """Clean, robust (PGD at ``settings.eps``) and attribution scores of ``model`` on the validation split, and
+    clean and robust accuracy on the recent split when the data is a snapshot (``recent_*``, reported apart).
 
     ``settings.steps`` defaults to ``cfg.eval_attack.steps``; restarts and seed come from ``cfg`` so two
     models scored with the same ``cfg`` see the same images and the same random starts.
@@ -100,7 +103,14 @@ def validation_scores(
     if settings.n_attr:  # 0 skips the attribution score (and loading its images)
         x, _y, masks, _region = region_batch(splits, cfg, settings.n_attr, split="val")
         attribution = attribution_score(model, x.to(device), masks.to(device))
+    recent: dict[str, Any] = {}
+    if splits.recent is not None:  # the snapshot's held-out recent images: scored apart from the base validation set
+        r_probs, r_labels, _ = predict(model, DataLoader(splits.recent, batch_size=cfg.data.eval_batch_size), device)
+        r_robust = robust_accuracy(model, splits.recent, attack, sample, device=device)
+        recent = {"recent_clean_acc": float(classification_metrics(r_probs, r_labels)["acc"]),
+                  "recent_robust_acc": float(r_robust["robust_acc"]), "n_recent": len(r_labels)}  # fmt: skip
     return {
+        **recent,
         "clean_acc": float(clean["acc"]),
         "balanced_acc": float(clean["bal_acc"]),
         "auc": clean.get("auc"),

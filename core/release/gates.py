@@ -3,7 +3,11 @@
 
 Why three gates: a model can trade robustness for clean accuracy (or the reverse) and still look
 better on one headline number; a clinician-facing model must also keep explaining itself on the
-lesion/tumour region rather than drifting to artefacts. Each gate allows a small tolerance because
+lesion/tumour region rather than drifting to artefacts. A candidate trained on a data snapshot is also
+compared on the snapshot's held-out *recent* images (clinician-labelled production images): the base gates
+reject a model that forgets the old distribution, the recent gate one that does not serve the new one, and
+neither rejects a model for adapting (it is compared with the serving model on the same recent images).
+Each gate allows a small tolerance because
 validation scores of two equally good models differ by sampling noise (on n images the standard
 error of an accuracy near 0.85 is about 0.36/√n: 0.016 at n = 512). The decision is pure: both
 score dictionaries come from :func:`robustdx.core.evaluation.scoring.validation_scores` run on the same split,
@@ -27,6 +31,9 @@ class GateConfig(BaseModel):
     robust_tolerance: float = Field(0.01, ge=0, le=1, description="Allowed drop in PGD validation accuracy at the serving ε.")
     attribution_tolerance: float = Field(
         0.02, ge=0, le=1, description="Allowed drop in the share of IG mass inside the label region."
+    )
+    recent_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Allowed drop in clean accuracy on the snapshot's held-out recent images."
     )
     min_clean_acc: float = Field(0.0, ge=0, le=1, description="Absolute floor on clean accuracy (also for the first model).")
     min_robust_acc: float = Field(0.0, ge=0, le=1, description="Absolute floor on robust accuracy (also for the first model).")
@@ -99,4 +106,11 @@ def decide(candidate: dict[str, Any], production: dict[str, Any] | None, gates: 
                 "attribution", candidate.get("attribution"), production.get("attribution"), gates.attribution_tolerance
             ),
         ]
+        if candidate.get("recent_clean_acc") is not None:  # scored on a snapshot: the recent images gate too
+            checks.append(
+                _relative_gate(
+                    "recent_clean_acc", candidate["recent_clean_acc"], production.get("recent_clean_acc"),
+                    gates.recent_tolerance,
+                )  # fmt: skip
+            )
     return Decision(all(c.passed for c in checks), checks)

@@ -48,6 +48,13 @@ class Metrics:
     model_info: Gauge
     batch_size: Histogram
     explain_refused: Counter
+    feedback: Counter
+    feedback_agreement: Gauge
+    feedback_pending: Gauge
+    feedback_pending_age: Gauge
+    log_up: Gauge
+    log_written: Counter
+    log_dropped: Counter
 
 
 def metrics() -> Metrics:
@@ -81,6 +88,13 @@ def metrics() -> Metrics:
                 model_info=gauge(names.MODEL_INFO, names.INFO_LABELS),
                 batch_size=Histogram(names.BATCH_SIZE, d[names.BATCH_SIZE], buckets=_BATCH_BUCKETS),
                 explain_refused=Counter(names.EXPLAIN_REFUSED, d[names.EXPLAIN_REFUSED], [names.LABEL_REASON]),
+                feedback=Counter(names.FEEDBACK, d[names.FEEDBACK], [names.LABEL_CLASS, names.LABEL_AGREES]),
+                feedback_agreement=gauge(names.FEEDBACK_AGREEMENT),
+                feedback_pending=gauge(names.FEEDBACK_PENDING),
+                feedback_pending_age=gauge(names.FEEDBACK_PENDING_AGE),
+                log_up=gauge(names.INFERENCE_LOG_UP),
+                log_written=Counter(names.INFERENCE_LOG_WRITTEN, d[names.INFERENCE_LOG_WRITTEN]),
+                log_dropped=Counter(names.INFERENCE_LOG_DROPPED, d[names.INFERENCE_LOG_DROPPED]),
             )
             for reason in ("busy", "rate", "deadline"):  # exported at 0 from the start: rate() needs a first sample
                 _METRICS.explain_refused.labels(reason=reason)

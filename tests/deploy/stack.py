@@ -230,6 +230,13 @@ def send_and_settle(url: str, n: int, shifted: bool, start: int) -> None:
     wait_monitor_idle(url, before)
 
 
+def answer(client: httpx.Client, prediction: dict, agree: bool, reviewer: str) -> httpx.Response:
+    """A clinician's feedback on one prediction of /predict: its label, or another class."""
+    label = prediction["label"] if agree else next(c for c in prediction["probabilities"] if c != prediction["label"])
+    body = {"request_id": prediction["request_id"], "label": label, "reviewer": reviewer}
+    return client.post("/feedback", json=body, headers={"Authorization": f"Bearer {CLINICIAN_TOKEN}"})
+
+
 @contextmanager
 def trickle(url: str, period: float = 0.5, explain_every: int = 6) -> Iterator[None]:
     """Keep a little traffic flowing in a background thread (one /predict every ``period`` s, and an
@@ -245,7 +252,9 @@ def trickle(url: str, period: float = 0.5, explain_every: int = 6) -> Iterator[N
                 if i % explain_every == 0:
                     r = client.post("/explain", files={"image": ("x.png", png, "image/png")}, data={"map_size": "4"})
                 else:
-                    r = client.post("/predict", files=[("images", ("x.png", png, "image/png"))])
+                    r = client.post("/predict", files=[("images", ("x.png", png, "image/png"))], data={"store_image": "true"})
+                    if r.status_code == 200 and i % 3 == 1:  # a clinician answers some: agreeing, then not, in turn
+                        r = answer(client, r.json()[0], agree=bool(i % 2), reviewer=f"dr.trickle{i}")
                 if r.status_code != 200:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
                 i += 1
@@ -266,7 +275,9 @@ def trickle(url: str, period: float = 0.5, explain_every: int = 6) -> Iterator[N
 # ------------------------------------------------------------------------------------------------
 # the service's monitoring settings for tests: a drift check every 8 samples over a window of 32,
 # every image probed by the PGD robustness check, one CPU
+CLINICIAN_TOKEN = "stack-clinician-token"
 SERVICE_ENV = {
+    "ROBUSTDX_CLINICIAN_TOKEN": CLINICIAN_TOKEN,
     "ROBUSTDX_DRIFT_WINDOW": "32",
     "ROBUSTDX_DRIFT_EVERY": "8",
     "ROBUSTDX_ROBUST_SAMPLE_RATE": "1.0",

@@ -206,12 +206,17 @@ def test_prometheus_has_no_lifecycle_api() -> None:
     assert not [w for w in SERVICES["prometheus"]["command"] if "lifecycle" in w]
 
 
+SECRET_VARIABLES = {
+    "ROBUSTDX_ADMIN_TOKEN", "ROBUSTDX_CLINICIAN_TOKEN", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING",
+}  # fmt: skip
+
+
 def test_secrets_are_required_not_defaulted() -> None:
     """Compose refuses to start without them (``${VAR:?...}``), rather than running open."""
     required = re.compile(r"^\$\{[A-Z_]+:\?.+\}$")
     for name in SERVICES:
         for key, value in env(name).items():
-            if key in {"ROBUSTDX_ADMIN_TOKEN", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"}:
+            if key in SECRET_VARIABLES:
                 assert required.match(value), f"{name}: {key}={value} must be required"
 
 
@@ -254,7 +259,8 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
     made = {name: (tmp_path / spec["file"]).read_text() for name, spec in COMPOSE["secrets"].items()}
     assert all(len(value.strip()) >= 32 for value in made.values()), "every compose secret file exists"
     dotenv = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
-    assert set(dotenv) == {"PREFECT_AUTH_STRING", "ROBUSTDX_ADMIN_TOKEN"}
+    assert set(dotenv) == {"PREFECT_AUTH_STRING", "ROBUSTDX_ADMIN_TOKEN", "ROBUSTDX_CLINICIAN_TOKEN"}
+    assert dotenv["ROBUSTDX_CLINICIAN_TOKEN"] != dotenv["ROBUSTDX_ADMIN_TOKEN"], "two tokens, two roles"
     assert dotenv["PREFECT_AUTH_STRING"] == "robustdx:" + made["prefect-password"].strip()
     assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700 and (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     assert "created" in first.stdout and not any(v.strip() in first.stdout for v in made.values()), "never printed"
@@ -311,8 +317,11 @@ def database_urls(name: str) -> list[re.Match[str]]:
 POSTGRES_CLIENTS = sorted(name for name in SERVICES if database_urls(name))
 
 
-def test_prefect_server_and_mlflow_are_the_postgres_clients() -> None:
-    assert POSTGRES_CLIENTS == ["mlflow", "prefect-server"]
+def test_prefect_server_mlflow_and_the_service_are_the_postgres_clients() -> None:
+    assert POSTGRES_CLIENTS == ["mlflow", "prefect-server", "service"]
+    (log,) = database_urls("service")
+    assert log.group(1, 2, 3) == ("psycopg", "robustdx", "robustdx"), "the inference log: psycopg 3 (the serve extra)"
+    assert env("service")["ROBUSTDX_INFERENCE_DB_URL"] == log.group(0)
     (prefect,) = database_urls("prefect-server")
     assert prefect.group(1, 2, 3) == ("asyncpg", "robustdx", "prefect"), "Prefect's server needs the async driver"
     (mlflow,) = database_urls("mlflow")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def test_demo_from_nothing_then_again_over_its_leftovers(tmp_path: Path) -> None
     assert "written" in first.stdout and "promoted" in first.stdout.lower()
     tag1 = read_production(home).tag
     assert f"Bento:   robustdx:{tag1.partition(':')[2]}" in first.stdout  # promotion built the model's Bento
+    assert re.search(r"data:    snapshot [0-9a-f]{16} \(\d+ base \+ 0 clinician images\)", first.stdout), first.stdout
     assert (home / "bentos" / "robustdx" / tag1.partition(":")[2] / "bento.yaml").is_file()
     assert "MLflow:  run " in first.stdout
 

@@ -44,3 +44,7 @@ def test_cron_and_trigger_match_the_served_deployments(declared: dict[str, dict]
     assert trigger["posture"] == served.posture.value and trigger["threshold"] == served.threshold
     assert timedelta(seconds=trigger["within"]) == served.within == DEFAULT_COOLDOWN
     assert trigger["parameters"]["params"]["reason"] == served.parameters["params"]["reason"]
+    served_feedback = served.parameters["params"]["feedback"]
+    for params in (trigger["parameters"]["params"], declared[ON_DRIFT]["parameters"]["params"]):
+        for key, value in params["feedback"].items():
+            assert served_feedback[key] == value, key  # the drift retrain waits for labels the same way

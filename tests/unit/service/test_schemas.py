@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from robustdx.service.schemas import AttackOut, AttributionOut, Explanation, Prediction, ReloadResult
+from robustdx.service.schemas import (
+    AttackOut,
+    AttributionOut,
+    Explanation,
+    FeedbackOut,
+    FeedbackStats,
+    Prediction,
+    ReloadResult,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +41,28 @@ ATTRIBUTION = AttributionOut(
 @pytest.mark.parametrize(
     ("model", "fields"),
     [
-        (Prediction, {"label", "probabilities", "confidence", "margin", "refer_to_clinician", "decision", "model_version"}),
+        (
+            Prediction,
+            {
+                "label",
+                "probabilities",
+                "confidence",
+                "margin",
+                "refer_to_clinician",
+                "decision",
+                "model_version",
+                "request_id",
+                "image_stored",
+            },
+        ),  # fmt: skip
+        (
+            FeedbackOut,
+            {"request_id", "reviewer", "label", "note", "created_at", "created", "agrees_with_prediction"},
+        ),
+        (
+            FeedbackStats,
+            {"inferences", "feedback", "by_label", "by_model_version", "agreement", "pending_review", "oldest_pending_seconds"},
+        ),  # fmt: skip
         (
             AttributionOut,
             {"target", "heatmap_png_base64", "attribution", "convergence_delta", "relative_error", "baseline", "method"},

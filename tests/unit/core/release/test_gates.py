@@ -61,3 +61,14 @@ def test_scores_at_different_eps_are_refused() -> None:
 def test_gate_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="clean_tolerence"):
         GateConfig.model_validate({"clean_tolerence": 0.1})
+
+
+def test_recent_images_gate_an_adapted_model_in_and_a_forgetful_or_stale_one_out() -> None:
+    serving = {**SERVING, "recent_clean_acc": 0.55}  # the serving model on the snapshot's held-out recent images
+    adapted = decide(scores(clean_acc=0.845, recent_clean_acc=0.80), serving, GateConfig())
+    assert adapted.promote and any(c.name == "recent_clean_acc" and c.passed for c in adapted.checks)
+    forgetful = decide(scores(clean_acc=0.70, recent_clean_acc=0.90), serving, GateConfig())
+    assert not forgetful.promote and forgetful.reasons[0].startswith("clean_acc"), "the base gate catches forgetting"
+    stale = decide(scores(recent_clean_acc=0.50), serving, GateConfig(recent_tolerance=0.02))
+    assert not stale.promote and stale.reasons[0].startswith("recent_clean_acc")
+    assert all(c.name != "recent_clean_acc" for c in decide(scores(), SERVING, GateConfig()).checks), "no snapshot, no gate"
