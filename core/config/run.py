@@ -105,6 +105,10 @@ class DataConfig(Strict):
         "checked against the snapshot's hashes, plus the clinician-labelled images it froze; its held-out recent "
         "share is the 'recent' validation set of promotion.",
     )
+    feedback_repeat: int = Field(
+        1, ge=1, le=100, description="With a snapshot: how often each clinician-labelled image appears per training "
+        "epoch (they are few beside the base set, and they are the images of the shift).",
+    )
 
     @model_validator(mode="after")
     def _cross_validation(self) -> DataConfig:

@@ -31,7 +31,7 @@ def build_splits(cfg: DataConfig, two_views: bool = False) -> Splits:
     if cfg.snapshot is not None:
         from robustdx.core.data.snapshot import with_snapshot
 
-        splits = with_snapshot(splits, cfg.snapshot)
+        splits = with_snapshot(splits, cfg.snapshot, cfg.feedback_repeat)
     return splits
 
 

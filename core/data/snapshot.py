@@ -102,7 +102,7 @@ def _concat(a: Records, b: Records) -> Records:
     )
 
 
-def with_snapshot(splits: Splits, snapshot: Path) -> Splits:
+def with_snapshot(splits: Splits, snapshot: Path, repeat: int = 1) -> Splits:
     """``splits`` trained on the snapshot: its base training set checked against the snapshot's hashes, the
     snapshot's feedback images added to training, and its recent share as ``splits.recent``.
 
@@ -123,7 +123,9 @@ def with_snapshot(splits: Splits, snapshot: Path) -> Splits:
     items = manifest["feedback"]["items"]
     extra = _feedback_records([it for it in items if it["split"] == "train"], root, splits.class_names)
     recent = _feedback_records([it for it in items if it["split"] == "recent"], root, splits.class_names)
-    train = _concat(splits.train.records, extra)
+    train = splits.train.records
+    for _ in range(repeat):
+        train = _concat(train, extra)
     out = Splits(
         train=ImageDataset(train, splits.train.transform),
         val=splits.val,
@@ -133,6 +135,7 @@ def with_snapshot(splits: Splits, snapshot: Path) -> Splits:
         group_names=splits.group_names,
         cv=splits.cv,
         recent=ImageDataset(recent, splits.val.transform) if len(recent) else None,
-        snapshot={"id": manifest["id"], "feedback_train": len(extra), "recent": len(recent), "until": manifest["until"]},
+        snapshot={"id": manifest["id"], "feedback_train": len(extra), "feedback_repeat": repeat, "recent": len(recent),
+                  "until": manifest["until"]},  # fmt: skip
     )
     return out

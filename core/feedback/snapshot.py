@@ -62,7 +62,8 @@ def build_snapshot(
     base = base_items(splits.train.records, splits.class_names)
     records, agreed, disputed = consensus(store.feedback_with_inferences(until))
     items, missing = [], 0
-    for rid, label in sorted(agreed.items(), key=lambda kv: (records[kv[0]].created_at, kv[0])):
+    # by time, then by image: the same images answered in the same order give the same training order
+    for rid, label in sorted(agreed.items(), key=lambda kv: (records[kv[0]].created_at, records[kv[0]].image_sha256, kv[0])):
         inf = records[rid]
         path = images.path_of(inf.image_sha256)
         if path is None:

@@ -125,7 +125,8 @@ def test_feedback_on_shifted_images_retrains_a_model_that_reads_them(
         out = retrain_flow(
             RetrainParams(
                 sweep=SweepParams(config=str(sweep)),
-                train_overrides=[f"pretrain.epochs={EPOCHS}"],
+                # each labelled production image three times an epoch: 150 of them beside 333 base images
+                train_overrides=[f"pretrain.epochs={EPOCHS}", "data.feedback_repeat=3"],
                 output_dir=str(tmp_path / "retrain"),
                 bentoml_home=str(home),
                 # B is judged on clean accuracy, base (tolerance: two of its 37 images) and recent; neither
@@ -144,6 +145,7 @@ def test_feedback_on_shifted_images_retrains_a_model_that_reads_them(
         assert promotion["candidate"]["n_val"] == 37 and promotion["production"]["recent_clean_acc"] < 0.7
         card = json.loads(Path(out["train"]["bundle"], "data_card.json").read_text())
         assert card["snapshot"]["id"] == snap["id"], "the bundle names the data it learned from"
+        assert card["snapshot"]["feedback_repeat"] == 3
 
         # the service picks B up and reads the shifted images now
         assert client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200

@@ -73,6 +73,8 @@ def test_snapshot_freezes_base_and_accepted_feedback(setup, tmp_path: Path) -> N
     splits = build_splits(cfg_s.data)
     n_recent = sum(fb["per_class"]["recent"].values())
     assert len(splits.train) == base["n"] + 23 - n_recent and len(splits.recent) == n_recent
+    twice = parse_config({**raw, "data": {**raw["data"], "snapshot": str(snap.path), "feedback_repeat": 2}})
+    assert len(build_splits(twice.data).train) == base["n"] + 2 * (23 - n_recent), "feedback images oversampled"
     result = run_recipe(cfg_s)
     card = json.loads((result.bundle / "data_card.json").read_text())
     assert card["snapshot"]["id"] == snap.id and card["splits"]["recent"]["n"] == n_recent
