@@ -35,7 +35,9 @@ class FeedbackSettings(BaseModel):
         None, description="Inference log URL; default $ROBUSTDX_INFERENCE_DB_URL, else SQLite in $BENTOML_HOME/feedback."
     )
     images: str | None = Field(None, description="The service's image store; default $BENTOML_HOME/feedback/images.")
-    snapshots_dir: str | None = Field(None, description="Where snapshots are written; default OUTPUT_DIR/snapshots.")
+    snapshots_dir: str | None = Field(
+        None, description="Where snapshots are written; default beside the retrain's output_dir (runs/snapshots)."
+    )
     recent_share: float = Field(0.25, ge=0, lt=1, description="Share of feedback images held out as 'recent' validation.")
     min_labelled: int = Field(0, ge=0, description="Labelled recent images to wait for before training (0: do not wait).")
     lookback_hours: float = Field(24.0, gt=0, description="'Recent': predictions made within this many hours.")
@@ -56,7 +58,7 @@ def freeze_snapshot(
 ) -> dict[str, Any]:
     """Write the snapshot the retrain trains on (waiting for labels as configured); returns what its artifact shows.
     Its path is absolute: sweep trials run in folders of their own."""
-    out = Path(settings.snapshots_dir or Path(output_dir) / "snapshots").resolve()
+    out = Path(settings.snapshots_dir or Path(output_dir).parent / "snapshots").resolve()  # the CLI's default too
     folder = bentoml_home(home) / "feedback"
     store = FeedbackStore(settings.db_url or os.environ.get("ROBUSTDX_INFERENCE_DB_URL") or sqlite_url(folder / "inference.db"))
     images = ImageStore(settings.images or folder / "images")

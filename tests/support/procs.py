@@ -60,7 +60,11 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Proc:
-        """Spawn and wait until ready; stopped again when it never gets there."""
+        """Spawn and wait until ready; stopped again when it never gets there. Idempotent: ``with
+        start_on_free_port(...) as p`` enters a started process, which must not spawn a second one (it did, and
+        the first, still serving the port, outlived the test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         inherited = {k: v for k, v in os.environ.items() if k not in self.unset}
         env = {**inherited, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **self.env}
         self.log.parent.mkdir(parents=True, exist_ok=True)
