@@ -45,16 +45,15 @@ def snapshot(
     """
     from robustdx.core.feedback.images import ImageStore
     from robustdx.core.feedback.snapshot import build_snapshot
-    from robustdx.core.feedback.store import FeedbackStore, sqlite_url
-    from robustdx.core.release.pointer import bentoml_home
+    from robustdx.core.feedback.store import FeedbackStore, default_locations
 
-    folder = bentoml_home(home) / "feedback"
+    default_db, default_images = default_locations(home)
     try:
         cfg = load_config(config, set_ or [])
-        store = FeedbackStore(db or sqlite_url(folder / "inference.db"))
+        store = FeedbackStore(db or default_db)
         store.migrate()
         with console.status("hashing the base training set and reading the feedback"):
-            snap = build_snapshot(cfg.data, store, ImageStore(images or folder / "images"), out, _until(until), recent_share)
+            snap = build_snapshot(cfg.data, store, ImageStore(images or default_images), out, _until(until), recent_share)
     except (ConfigError, DataError, ValueError) as err:
         fail(err)
     fb, base = snap.manifest["feedback"], snap.manifest["base"]

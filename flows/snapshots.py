@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from robustdx.core.config import DataConfig
 from robustdx.core.feedback.images import ImageStore
 from robustdx.core.feedback.snapshot import build_snapshot
-from robustdx.core.feedback.store import FeedbackStore, sqlite_url
-from robustdx.core.release.pointer import bentoml_home
+from robustdx.core.feedback.store import FeedbackStore, default_locations
 
 
 class FeedbackSettings(BaseModel):
@@ -59,9 +58,9 @@ def freeze_snapshot(
     """Write the snapshot the retrain trains on (waiting for labels as configured); returns what its artifact shows.
     Its path is absolute: sweep trials run in folders of their own."""
     out = Path(settings.snapshots_dir or Path(output_dir).parent / "snapshots").resolve()  # the CLI's default too
-    folder = bentoml_home(home) / "feedback"
-    store = FeedbackStore(settings.db_url or os.environ.get("ROBUSTDX_INFERENCE_DB_URL") or sqlite_url(folder / "inference.db"))
-    images = ImageStore(settings.images or folder / "images")
+    default_db, default_images = default_locations(home)
+    store = FeedbackStore(settings.db_url or os.environ.get("ROBUSTDX_INFERENCE_DB_URL") or default_db)
+    images = ImageStore(settings.images or default_images)
     try:
         store.migrate()
         since = datetime.now(UTC) - timedelta(hours=settings.lookback_hours)

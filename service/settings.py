@@ -148,11 +148,13 @@ class ServiceSettings(BaseSettings):
 
     def feedback_paths(self) -> tuple[str, Path]:
         """The inference log's database URL and the image store's folder."""
-        from robustdx.core.feedback.store import sqlite_url
-        from robustdx.core.release.pointer import bentoml_home
+        from robustdx.core.feedback.store import default_locations, sqlite_url
 
-        folder = self.feedback_dir or bentoml_home() / "feedback"
-        return self.inference_db_url or sqlite_url(folder / "inference.db"), folder / "images"
+        if self.feedback_dir is None:
+            url, images = default_locations()
+        else:
+            url, images = sqlite_url(self.feedback_dir / "inference.db"), self.feedback_dir / "images"
+        return self.inference_db_url or url, images
 
     def image_limits(self) -> ImageLimits:
         """The per-image limits checked while a request is parsed."""

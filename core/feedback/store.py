@@ -87,6 +87,15 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def default_locations(home: Path | str | None = None) -> tuple[str, Path]:
+    """The inference log's URL and the image store's folder when none is given: ``HOME/feedback`` of the BentoML
+    home (``$BENTOML_HOME``), shared by the service, ``robustdx data snapshot`` and the retrain flow."""
+    from robustdx.core.release.pointer import bentoml_home
+
+    folder = bentoml_home(home) / "feedback"
+    return sqlite_url(folder / "inference.db"), folder / "images"
+
+
 def _engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         connect = {"connect_timeout": 5} if url.startswith("postgresql") else {}  # a down host: fail fast, retry later
