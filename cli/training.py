@@ -1,4 +1,4 @@
-"""Training and data commands: ``train``, ``experiment``, ``data synth``."""
+"""Training and data commands: ``train``, ``experiment``, ``feedback-study``, ``data synth``."""
 
 from __future__ import annotations
 
@@ -138,10 +138,35 @@ def experiment(
     console.print(f"report: [bold]{report}[/]")
 
 
+def feedback_study(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Feedback-study YAML, e.g. configs/experiments/feedback-pcam.yaml.")
+    ],
+    set_: SetOpt = None,
+) -> None:
+    """Measure what retraining on clinicians' feedback buys after a stain shift: model A on the base data, a shifted
+    production stream through the inference log with reviewers' labels, model B from the data snapshot, both
+    scored (paired) on held-out images with and without the shift.
+
+    Resumable: finished models are reused, an interrupted training resumes.
+    """
+    from robustdx.core.config import load_feedback_study
+
+    try:
+        study, base = load_feedback_study(config, set_ or [])
+        from robustdx.core.evaluation.feedback_study import run_feedback_study
+
+        report = run_feedback_study(study, base, config, log=lambda m: console.print(f"[cyan]»[/] {m}"))
+    except (ConfigError, DataError, BundleError, ValueError) as err:
+        fail(err)
+    console.print(f"report: [bold]{report}[/]")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command()(train)
     app.command()(experiment)
+    app.command("feedback-study")(feedback_study)
     from robustdx.cli import snapshots
 
     snapshots.register(data_app)

@@ -3,7 +3,8 @@
 * :mod:`.base` — what every config shares (strict models, pixel-unit budgets, the YAML loader, overrides);
 * :mod:`.run` — one training run (:class:`RunConfig`), the source of every other config;
 * :mod:`.experiment` — a paper table (:class:`ExperimentConfig`);
-* :mod:`.sweep` — a Ray Tune sweep (:class:`SweepConfig`).
+* :mod:`.sweep` — a Ray Tune sweep (:class:`SweepConfig`);
+* :mod:`.study` — the feedback study (:class:`FeedbackStudyConfig`).
 
 The run config's names are re-exported here, as everything that trains, serves or sweeps uses them.
 """
@@ -33,6 +34,7 @@ from robustdx.core.config.run import (
     load_config,
     parse_config,
 )
+from robustdx.core.config.study import FeedbackStudyConfig, StainShift, load_feedback_study
 from robustdx.core.errors import ConfigError
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "DataConfig",
     "DatasetName",
     "ExperimentConfig",
+    "FeedbackStudyConfig",
     "FinetuneMode",
     "ModelConfig",
     "PixelBudget",
@@ -54,12 +57,14 @@ __all__ = [
     "Regime",
     "RunConfig",
     "StageConfig",
+    "StainShift",
     "SuiteConfig",
     "apply_overrides",
     "dump_config",
     "format_errors",
     "load_config",
     "load_experiment",
+    "load_feedback_study",
     "load_yaml",
     "parse_config",
 ]

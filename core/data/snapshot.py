@@ -50,6 +50,15 @@ def snapshot_id(base: list[dict[str, str]], feedback: list[dict[str, Any]]) -> s
     return digest({"base": digest(base), "feedback": feedback})[:16]
 
 
+def base_snapshot(splits: Splits) -> dict[str, Any]:
+    """The data-card entry of a run trained without a snapshot: the base training set alone. Its id is the one
+    ``robustdx data snapshot`` writes for this data when no feedback is accepted yet, so every bundle names
+    the data it learned from (and a snapshot of it can be written and checked later)."""
+    base = base_items(splits.train.records, splits.class_names)
+    return {"id": snapshot_id(base, []), "base_only": True, "feedback_train": 0, "feedback_repeat": 1, "recent": 0,
+            "until": None}  # fmt: skip
+
+
 def manifest_path(snapshot: Path) -> Path:
     """``snapshot`` may name the folder or its manifest."""
     snapshot = Path(snapshot)
@@ -135,7 +144,7 @@ def with_snapshot(splits: Splits, snapshot: Path, repeat: int = 1) -> Splits:
         group_names=splits.group_names,
         cv=splits.cv,
         recent=ImageDataset(recent, splits.val.transform) if len(recent) else None,
-        snapshot={"id": manifest["id"], "feedback_train": len(extra), "feedback_repeat": repeat, "recent": len(recent),
-                  "until": manifest["until"]},  # fmt: skip
+        snapshot={"id": manifest["id"], "base_only": False, "feedback_train": len(extra), "feedback_repeat": repeat,
+                  "recent": len(recent), "until": manifest["until"]},  # fmt: skip
     )
     return out

@@ -64,6 +64,12 @@ def _data_section(cfg: RunConfig, data_card: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {s.get('n', '—')} | {per_class or '—'} | {per_group or '—'} |")
     if data_card.get("test_ids_sha256"):
         lines.append(f"\nTest items (SHA-256 of their ids): `{data_card['test_ids_sha256']}`.")
+    snap = data_card.get("snapshot")
+    if snap:
+        what = ("the base training set alone (no clinician feedback)" if snap.get("base_only") else
+                f"the base set plus {snap.get('feedback_train')} clinician-labelled images (each {snap.get('feedback_repeat')}x "
+                f"an epoch), {snap.get('recent')} held out as recent, feedback up to {snap.get('until')}")  # fmt: skip
+        lines.append(f"\nData snapshot `{snap['id']}`: {what}.")
     return lines
 
 

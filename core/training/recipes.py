@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from robustdx.core.config import ConfigError, Recipe, Regime, RunConfig, dump_config
 from robustdx.core.data import Splits, build_splits
+from robustdx.core.data.snapshot import base_snapshot
 from robustdx.core.evaluation.breakdown import breakdown
 from robustdx.core.evaluation.metrics import centroid_accuracy, classification_metrics, embeddings, predict
 from robustdx.core.evaluation.model_card import render_model_card
@@ -178,6 +179,8 @@ def _evaluate_and_bundle(
     ]
     ref = reference_statistics(model, splits, device, cfg.n_reference, has_classifier(cfg.recipe))
     card = splits.card()
+    if card["snapshot"] is None:  # no feedback: the bundle still names its data, the base set's snapshot id
+        card["snapshot"] = base_snapshot(splits)
     save_bundle(cfg.run_dir / "bundle", model.cpu(), cfg, metrics, card, ref, lambda v: render_model_card(cfg, metrics, card, v))
     atomic_write_bytes(cfg.run_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     return metrics
