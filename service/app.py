@@ -25,6 +25,11 @@ Endpoints:
   SQLite under ``$BENTOML_HOME/feedback`` or ``$ROBUSTDX_INFERENCE_DB_URL``) is written off the request path.
   Images are kept only with ``store_image=true`` (content-addressed), and only those can be answered. Idempotent
   per (request, reviewer); unknown ids 404, labels outside the model's classes 422, a second different answer 409.
+* ``POST /feedback/image`` — multipart ``image``, ``label``, ``reviewer`` (+ ``note``), clinician token: a
+  labelled image that never went through ``/predict`` (an archived case, a second opinion). It is stored,
+  predicted by the serving model and logged with source ``upload`` (outside the drift monitor: chosen cases
+  are not the production stream), then answered as above; the same image again from the same reviewer is a
+  repeat of that answer, not a new row.
 * ``GET /feedback/stats`` — counts by label and model version, agreement with the predictions, pending reviews.
 * ``POST /admin/reload`` — bearer token from ``$ROBUSTDX_ADMIN_TOKEN`` (unset: reload disabled, 401).
   Loads the production pointer's tag in a worker thread and swaps it in atomically; requests in
@@ -579,6 +584,60 @@ class RobustDx:
             self._metrics.feedback.labels(fb.label, "true" if agrees else "false").inc()
         return FeedbackOut(**fb.to_json(), created=created, agrees_with_prediction=agrees)
 
+    @bentoml.api(route="/feedback/image")
+    async def feedback_image(
+        self,
+        image: Annotated[ImageUpload, Field(description="One PNG/JPEG image (multipart field 'image').")],
+        ctx: bentoml.Context,
+        label: Annotated[str, Field(min_length=1, max_length=64, description="The label the reviewer confirms.")],
+        reviewer: Annotated[str, Field(min_length=1, max_length=120, description="Who answers (an id, not a name).")],
+        note: Annotated[str | None, Field(description="Optional free text (at most 2,000 characters).")] = None,
+    ) -> FeedbackOut:
+        """A clinician's label for an image sent with it (no earlier /predict): stored, predicted and logged with
+        source "upload", then recorded like POST /feedback. Idempotent per (image, reviewer)."""
+        from robustdx.core.feedback.store import FeedbackError, check_answer
+
+        refused = _bearer(ctx, SETTINGS.clinician_token.get_secret_value(), "ROBUSTDX_CLINICIAN_TOKEN", "feedback")
+        if refused:
+            return _error(401, refused, ctx)
+        st = self._state
+        try:
+            check_answer(reviewer, label, note, st.classes)  # before anything is stored
+            x, files = await self._decoded(st, [_check_upload(image)])
+        except FeedbackError as err:
+            return _error(err.status, str(err), ctx)
+        except (ImageError, ValueError) as err:
+            return _error(400, str(err), ctx)
+        try:
+            return await asyncio.to_thread(self._feedback_upload, st, x, files[0], label, reviewer, note)
+        except _Refused as err:
+            return _error(err.status, str(err), ctx)
+
+    def _feedback_upload(self, st: Served, x: Any, data: bytes, label: str, reviewer: str, note: str | None) -> FeedbackOut:
+        import torch
+
+        from robustdx.core.feedback.store import InferenceRecord
+
+        if self.records is None:
+            raise _Refused(404, "the inference log is off (ROBUSTDX_INFERENCE_LOG=0): no feedback can be recorded")
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            request_id = self.records.store.upload_of(sha, reviewer) if self.records.ready.is_set() else None
+            if request_id is None:
+                with torch.no_grad():  # not through the batcher: its monitor would count the image as production drift
+                    pred = self._prediction(st, torch.softmax(st.bundle.model(x).float(), 1)[0])
+                request_id = uuid.uuid4().hex
+                record = InferenceRecord(
+                    request_id, datetime.now(UTC), st.version, st.tag, sha, True, pred.label,
+                    pred.probabilities, pred.confidence, pred.refer_to_clinician, source="upload",
+                )  # fmt: skip
+                self.records.images.put(data)
+                self.records.store.log_inferences([record])
+        except Exception as err:  # noqa: BLE001 - the database (or the image volume) is not reachable
+            log.warning("uploaded feedback image not logged: %s", err)
+            raise _Refused(503, "the inference log's database is not reachable; nothing was written, retry later") from None
+        return self._feedback(request_id, label, reviewer, note)
+
     @bentoml.api(route="/admin/reload")
     async def reload(self, ctx: bentoml.Context) -> ReloadResult:
         """Load the current production model (bearer token required); the old model serves until the swap."""
@@ -675,6 +734,6 @@ def _production() -> tuple[str, str | None]:
 
 RobustDx.add_asgi_middleware(
     EdgeGuard,
-    routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": (), "/feedback": ()},
+    routes={"/predict": ("images",), "/explain": ("image",), "/admin/reload": (), "/feedback": (), "/feedback/image": ("image",)},
     limits=GuardLimits(SETTINGS.max_body_bytes, SETTINGS.body_timeout, SETTINGS.max_requests_per_client),
 )

@@ -20,6 +20,7 @@ from sqlalchemy import (
 
 MAX_NOTE = 2000  # characters of a reviewer's free-text note
 MAX_REVIEWER = 120
+SOURCES = ("predict", "upload")  # a client's /predict; an image a clinician uploaded with its label
 
 metadata = MetaData()
 
@@ -36,6 +37,7 @@ inferences = Table(
     Column("probabilities", JSON, nullable=False),  # {class: probability}: its keys are the model's classes
     Column("confidence", Float, nullable=False),
     Column("referred", Boolean, nullable=False),  # below the confidence threshold: refer to clinician
+    Column("source", String(16), nullable=False, server_default="predict"),  # predict | upload (revision 0002)
 )
 
 feedback = Table(

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, case, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from robustdx.core.feedback.schema import MAX_NOTE, MAX_REVIEWER, feedback, inferences
@@ -55,6 +55,7 @@ class InferenceRecord:
     probabilities: dict[str, float]
     confidence: float
     referred: bool
+    source: str = "predict"  # or "upload": sent by a clinician with its label (POST /feedback/image)
 
     @property
     def classes(self) -> list[str]:
@@ -148,6 +149,17 @@ class FeedbackStore:
             row = conn.execute(select(inferences).where(inferences.c.request_id == request_id)).mappings().first()
         return None if row is None else _inference(row)
 
+    def upload_of(self, image_sha256: str, reviewer: str) -> str | None:
+        """The request id under which ``reviewer`` already answered an uploaded image (None: never), so uploading
+        the same image again is answered like a repeat of the same feedback and not logged twice."""
+        q = (
+            select(inferences.c.request_id)
+            .join(feedback, feedback.c.request_id == inferences.c.request_id)
+            .where(inferences.c.source == "upload", inferences.c.image_sha256 == image_sha256, feedback.c.reviewer == reviewer)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q.limit(1)).scalar_one_or_none()
+
     # ---- feedback -------------------------------------------------------------------------------
     def add_feedback(
         self, request_id: str, reviewer: str, label: str, note: str | None = None, now: datetime | None = None
@@ -160,17 +172,11 @@ class FeedbackStore:
         predicting model's classes, a note or reviewer name out of bounds, or a prediction whose image was not
         stored (it could never be trained on).
         """
-        if not _REVIEWER.match(reviewer or ""):
-            raise FeedbackError(
-                f"reviewer must be 1-{MAX_REVIEWER} characters of letters, digits and . @ + - _, got {reviewer!r}"
-            )
-        if note is not None and len(note) > MAX_NOTE:
-            raise FeedbackError(f"note is {len(note)} characters long; at most {MAX_NOTE}")
         record = self.inference(request_id)
         if record is None:
+            check_answer(reviewer, label, note, None)
             raise UnknownRequest(f"unknown request_id {request_id!r}: no prediction was logged under it")
-        if label not in record.classes:
-            raise FeedbackError(f"label {label!r} is not one of the predicting model's classes {record.classes}")
+        check_answer(reviewer, label, note, record.classes)
         if not record.image_stored:
             raise ImageNotStored(
                 f"the image of request {request_id} was not stored, so feedback on it could never be trained on; "
@@ -211,35 +217,46 @@ class FeedbackStore:
         return [(_feedback(r), _inference({k[2:]: v for k, v in r.items() if k.startswith("i_")})) for r in rows]
 
     def stats(self, now: datetime | None = None) -> dict[str, Any]:
-        """Counts by label and by model version, agreement of reviewers with the predictions, pending reviews."""
-        pairs = self.feedback_with_inferences()
-        by_label: dict[str, int] = {}
-        by_version: dict[str, dict[str, Any]] = {}
-        for fb, inf in pairs:
-            by_label[fb.label] = by_label.get(fb.label, 0) + 1
-            v = by_version.setdefault(inf.model_version, {"feedback": 0, "agree": 0})
-            v["feedback"] += 1
-            v["agree"] += int(fb.label == inf.prediction)
-        for v in by_version.values():
-            v["agreement"] = v["agree"] / v["feedback"]
-        agree = sum(int(fb.label == inf.prediction) for fb, inf in pairs)
+        """Counts by label and by model version, agreement of reviewers with the predictions, pending reviews.
+
+        Aggregated in the database (the service's metrics read this every few seconds; the log only grows)."""
+        joined = feedback.join(inferences, feedback.c.request_id == inferences.c.request_id)
+        agrees = func.sum(case((feedback.c.label == inferences.c.prediction, 1), else_=0))
+        reviewed = select(feedback.c.request_id)
+        pending = select(func.count(), func.min(inferences.c.created_at)).where(
+            inferences.c.referred, inferences.c.image_stored, inferences.c.request_id.not_in(reviewed)
+        )
         with self.engine.connect() as conn:
             n_inferences = conn.execute(select(func.count()).select_from(inferences)).scalar_one()
-            reviewed = select(feedback.c.request_id)
-            pending = select(func.count(), func.min(inferences.c.created_at)).where(
-                inferences.c.referred, inferences.c.image_stored, inferences.c.request_id.not_in(reviewed)
-            )
+            labels = conn.execute(select(feedback.c.label, func.count()).group_by(feedback.c.label)).all()
+            versions = conn.execute(
+                select(inferences.c.model_version, func.count(), agrees).select_from(joined).group_by(inferences.c.model_version)
+            ).all()
             n_pending, oldest = conn.execute(pending).one()
+        by_version = {str(v): {"feedback": int(n), "agree": int(a), "agreement": int(a) / int(n)} for v, n, a in sorted(versions)}
+        n_feedback = sum(v["feedback"] for v in by_version.values())
+        agree = sum(v["agree"] for v in by_version.values())
         now = _utc(now or datetime.now(UTC))
         return {
             "inferences": int(n_inferences),
-            "feedback": len(pairs),
-            "by_label": by_label,
+            "feedback": n_feedback,
+            "by_label": {str(label): int(n) for label, n in sorted(labels)},
             "by_model_version": by_version,
-            "agreement": agree / len(pairs) if pairs else None,
+            "agreement": agree / n_feedback if n_feedback else None,
             "pending_review": int(n_pending),
             "oldest_pending_seconds": (now - _utc(oldest)).total_seconds() if oldest is not None else None,
         }
+
+
+def check_answer(reviewer: str, label: str, note: str | None, classes: Sequence[str] | None) -> None:
+    """Refuse (:class:`FeedbackError`) a reviewer id, note or label out of bounds; ``classes``: the predicting
+    model's (None: not known yet, the label is not checked). Called before anything is written."""
+    if not _REVIEWER.match(reviewer or ""):
+        raise FeedbackError(f"reviewer must be 1-{MAX_REVIEWER} characters of letters, digits and . @ + - _, got {reviewer!r}")
+    if note is not None and len(note) > MAX_NOTE:
+        raise FeedbackError(f"note is {len(note)} characters long; at most {MAX_NOTE}")
+    if classes is not None and label not in classes:
+        raise FeedbackError(f"label {label!r} is not one of the predicting model's classes {list(classes)}")
 
 
 def _inference(row: Any) -> InferenceRecord:

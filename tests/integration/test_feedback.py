@@ -125,6 +125,49 @@ def test_feedback_contract(client: httpx.Client) -> None:
     assert stats["by_model_version"][kept["model_version"]]["feedback"] >= 1
 
 
+def upload(client: httpx.Client, image: bytes, token: str | None = CLINICIAN, **form: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post("/feedback/image", files=[("image", ("case.png", image, "image/png"))], data=form, headers=headers)
+
+
+def test_feedback_on_an_uploaded_image(client: httpx.Client, home: Path) -> None:
+    image = stain_patch(30, shifted=True)
+    sha = hashlib.sha256(image).hexdigest()
+    images_dir = ImageStore(home / "feedback" / "images")
+    assert images_dir.path_of(sha) is None
+    before = client.get("/feedback/stats").json()
+    for token, form, status, words in [
+        (None, {"label": "tumor", "reviewer": "dr.u"}, 401, "ROBUSTDX_CLINICIAN_TOKEN"),
+        (CLINICIAN, {"label": "cat", "reviewer": "dr.u"}, 422, "not one of the predicting model's classes"),
+        (CLINICIAN, {"label": "tumor", "reviewer": "dr u!"}, 422, "reviewer must be"),
+        (CLINICIAN, {"label": "tumor", "reviewer": "dr.u", "note": "x" * 2001}, 422, "at most 2000"),
+    ]:
+        r = upload(client, image, token, **form)
+        assert r.status_code == status and words in r.json()["error"], (r.status_code, r.text[:300])
+    bad = upload(client, b"not an image", label="tumor", reviewer="dr.u")
+    assert bad.status_code == 400 and bad.json()["status"] == 400, bad.text[:300]
+    now = client.get("/feedback/stats").json()
+    assert images_dir.path_of(sha) is None, "a refused upload is not stored"
+    assert (now["inferences"], now["feedback"]) == (before["inferences"], before["feedback"]), "refusals wrote nothing"
+
+    first = upload(client, image, label="tumor", reviewer="dr.u", note="archived case")
+    assert first.status_code == 200, first.text[:300]
+    body = first.json()
+    assert body["created"] and body["label"] == "tumor" and len(body["request_id"]) == 32
+    store = FeedbackStore(sqlite_url(home / "feedback" / "inference.db"))
+    row = store.inference(body["request_id"])
+    assert row is not None and row.source == "upload" and row.image_sha256 == sha and row.image_stored
+    assert body["agrees_with_prediction"] == (row.prediction == "tumor")
+    assert images_dir.verify(sha).read_bytes() == image
+    # the same image from the same reviewer: a repeat of that answer (no second row); another label: 409
+    again = upload(client, image, label="tumor", reviewer="dr.u", note="archived case")
+    assert again.status_code == 200 and again.json()["request_id"] == body["request_id"] and not again.json()["created"]
+    assert upload(client, image, label="normal", reviewer="dr.u").status_code == 409
+    after = client.get("/feedback/stats").json()
+    assert after["inferences"] == before["inferences"] + 1 and after["feedback"] == before["feedback"] + 1
+    store.close()
+
+
 def test_concurrent_answers_for_one_request_all_land(client: httpx.Client) -> None:
     (kept,) = predict(client, stain_patch(20, shifted=False), store=True)
     before = client.get("/feedback/stats").json()["feedback"]

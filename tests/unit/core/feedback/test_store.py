@@ -4,11 +4,12 @@ stats; the content-addressed image store."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from robustdx.core.feedback.images import ImageStore
 from robustdx.core.feedback.store import (
@@ -41,9 +42,39 @@ def store(tmp_path: Path) -> FeedbackStore:
 
 
 def test_migrations_create_the_schema_once(store: FeedbackStore) -> None:
-    assert store.migrate() == "0001"  # idempotent
+    assert store.migrate() == "0002"  # idempotent
     tables = set(inspect(store.engine).get_table_names())
     assert {"inferences", "feedback", "alembic_version"} <= tables
+
+
+def test_the_migrations_build_exactly_the_schema_the_store_queries(store: FeedbackStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from robustdx.core.feedback.schema import metadata
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_upgrading_a_0001_log_keeps_its_rows_as_predictions(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    s = FeedbackStore(sqlite_url(tmp_path / "old.db"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(s.migrate.__code__.co_filename).with_name("migrations")))
+    with s.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO inferences VALUES ('r1', '2026-11-01 12:00:00', 'v1', 'm:v1', :sha, 1, 'tumor', "
+                          "'{\"normal\": 0.2, \"tumor\": 0.8}', 0.8, 0)"), {"sha": "a" * 64})  # fmt: skip
+    assert s.migrate() == "0002"
+    old = s.inference("r1")
+    assert old is not None and old.source == "predict" and old.probabilities == {"normal": 0.2, "tumor": 0.8}
+    s.log_inferences([replace(record(2), source="upload")])
+    assert s.inference(record(2).request_id).source == "upload"
+    s.close()
 
 
 def test_rows_round_trip_with_utc_times(store: FeedbackStore) -> None:
