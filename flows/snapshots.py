@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from robustdx.core.config import DataConfig
 from robustdx.core.feedback.images import ImageStore
 from robustdx.core.feedback.snapshot import build_snapshot
-from robustdx.core.feedback.store import FeedbackStore, default_locations
+from robustdx.core.feedback.store import FeedbackStore, consensus, default_locations
 
 
 class FeedbackSettings(BaseModel):
@@ -48,6 +48,13 @@ def _recent(manifest: dict[str, Any], since: datetime) -> int:
     return sum(datetime.fromisoformat(it["created_at"]) >= since for it in manifest["feedback"]["items"])
 
 
+def labelled_recent(store: FeedbackStore, images: ImageStore, since: datetime) -> int:
+    """Predictions made since ``since`` that a snapshot would accept now (reviewers agree, image stored): what the
+    wait counts, read from the log without hashing the base set or writing a snapshot at every look."""
+    records, agreed, _disputed = consensus(store.feedback_with_inferences())
+    return sum(records[rid].created_at >= since and images.path_of(records[rid].image_sha256) is not None for rid in agreed)
+
+
 def freeze_snapshot(
     settings: FeedbackSettings,
     data: DataConfig,
@@ -65,13 +72,14 @@ def freeze_snapshot(
         store.migrate()
         since = datetime.now(UTC) - timedelta(hours=settings.lookback_hours)
         deadline = time.monotonic() + settings.wait_seconds
-        while True:
-            snap = build_snapshot(data, store, images, out, recent_share=settings.recent_share)
-            recent = _recent(snap.manifest, since)
-            if recent >= settings.min_labelled or time.monotonic() >= deadline:
+        while settings.min_labelled and time.monotonic() < deadline:
+            recent = labelled_recent(store, images, since)
+            if recent >= settings.min_labelled:
                 break
             log(f"{recent} of {settings.min_labelled} labelled recent images; looking again in {settings.poll_seconds:g} s")
             time.sleep(min(settings.poll_seconds, max(0.0, deadline - time.monotonic())))
+        snap = build_snapshot(data, store, images, out, recent_share=settings.recent_share)
+        recent = _recent(snap.manifest, since)
     finally:
         store.close()
     fb = snap.manifest["feedback"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,10 +29,10 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def _fill(store: FeedbackStore, images: ImageStore, n: int, stored: bool = True) -> list[str]:
+def _fill(store: FeedbackStore, images: ImageStore, n: int, stored: bool = True, start: int = 0) -> list[str]:
     """``n`` predictions of shifted patches, stored, each answered by one reviewer with the patch's true class."""
     ids = []
-    for i in range(n):
+    for i in range(start, start + n):
         data = stain_patch(1000 + i, shifted=True, size=32)
         digest = images.put(data)[0] if stored else __import__("hashlib").sha256(data).hexdigest()
         rid = f"{i:032x}"
@@ -115,3 +116,37 @@ def test_cli_snapshot(setup, tmp_path: Path) -> None:
     assert "4 images" in out.stdout and "--set data.snapshot=" in out.stdout
     bad = subprocess.run([*cmd, "--until", "yesterday"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "ISO 8601" in bad.stdout + bad.stderr
+
+
+def test_the_retrain_waits_for_labels_then_trains_with_what_it_has(setup, tmp_path: Path) -> None:
+    import threading
+
+    from robustdx.flows.snapshots import FeedbackSettings, freeze_snapshot, labelled_recent
+
+    raw, store, images = setup
+    _fill(store, images, 6)
+    store.add_feedback(f"{0:032x}", "dr.b", "tumor")  # dr.a said normal: disputed, not counted
+    data = parse_config(raw).data
+    since = T0 - timedelta(minutes=1)
+    assert labelled_recent(store, images, since) == 5 and labelled_recent(store, images, T0 + timedelta(minutes=3)) == 3
+    common = {"db_url": store.url, "images": str(images.root), "snapshots_dir": str(tmp_path / "snaps"),
+              "lookback_hours": (datetime.now(UTC) - since).total_seconds() / 3600}  # fmt: skip
+    logs: list[str] = []
+
+    # too few answers: it looks again every poll, then trains with what it has and says so
+    short = freeze_snapshot(FeedbackSettings(**common, min_labelled=8, wait_seconds=0.6, poll_seconds=0.2), data, None,
+                            tmp_path / "out", log=logs.append)  # fmt: skip
+    assert short["short"] and short["recent_labelled"] == 5 and short["feedback"] == 5
+    assert sum("of 8 labelled recent images" in m for m in logs) >= 2 and "fewer than the 8" in logs[-1]
+    assert len(list((tmp_path / "snaps").iterdir())) == 1, "one snapshot, not one per look"
+
+    # answers arriving during the wait end it before the deadline
+    def answer_later() -> None:
+        time.sleep(0.5)
+        _fill(store, images, 3, start=6)
+
+    started = time.monotonic()
+    threading.Thread(target=answer_later).start()
+    done = freeze_snapshot(FeedbackSettings(**common, min_labelled=8, wait_seconds=30, poll_seconds=0.2), data, None,
+                           tmp_path / "out")  # fmt: skip
+    assert not done["short"] and done["recent_labelled"] == 8 and time.monotonic() - started < 10
