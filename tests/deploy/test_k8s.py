@@ -225,3 +225,23 @@ def test_alert_receiver_requires_the_secret_alertmanager_sends() -> None:
     assert volume["secret"]["secretName"] == credentials["name"]
     assert volume["secret"]["items"] == [{"key": credentials["key"], "path": Path(env["ROBUSTDX_ALERT_TOKEN_FILE"]).name}]
     assert env["ROBUSTDX_ALERTS_HOST"] == "0.0.0.0"  # the script's default is loopback; a pod must listen on its IP
+
+
+def test_the_service_logs_to_postgres_and_keeps_images_on_a_shared_claim() -> None:
+    dep = one("Deployment", "robustdx-service")["spec"]["template"]["spec"]
+    (container,) = dep["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    db = env["ROBUSTDX_INFERENCE_DB_URL"]["valueFrom"]["secretKeyRef"]
+    assert db == {"name": "robustdx-inference-db", "key": "url"}, "required: replicas must not share a SQLite file"
+    assert env["ROBUSTDX_CLINICIAN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "robustdx-clinician"
+    folder = env["ROBUSTDX_FEEDBACK_DIR"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    (volume,) = [v for v in dep["volumes"] if v["name"] == mount["name"]]
+    claim = one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    from robustdx.service.settings import ServiceSettings
+
+    assert {"ROBUSTDX_FEEDBACK_DIR", "ROBUSTDX_INFERENCE_DB_URL", "ROBUSTDX_CLINICIAN_TOKEN"} <= {
+        f"ROBUSTDX_{name.upper()}" for name in ServiceSettings.model_fields
+    }, "the variables are the service's settings"
+    assert "robustdx-feedback" in (K8S / "README.md").read_text() and "robustdx-inference-db" in (K8S / "README.md").read_text()
