@@ -35,6 +35,16 @@ class FeedbackStudyConfig(Strict):
     seed: int = Field(0, ge=0, description="Seed of the stream / held-out split, the attacked subsample and the bootstrap.")
     n_boot: int = Field(2000, ge=100, description="Bootstrap resamples of the paired differences' intervals.")
     output_dir: Path = Field(Path("reports"), description="Where the report folder is written.")
+    runs_dir: Path | None = Field(
+        None,
+        description="Where A and B train (default: the report folder's runs/). Studies of one base config that share it "
+        "share model A; each trains its own B (named B-<name>).",
+    )
+
+    @property
+    def b_name(self) -> str:
+        """B's run name: ``B`` in the study's own runs folder, ``B-<name>`` in a shared one."""
+        return "B" if self.runs_dir is None else f"B-{self.name}"
 
 
 def load_feedback_study(path: str | Path, overrides: list[str] | None = None) -> tuple[FeedbackStudyConfig, RunConfig]:

@@ -274,8 +274,9 @@ def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(base.device)
 
+    runs = Path(study.runs_dir) if study.runs_dir is not None else out / "runs"
     log("model A: the base training split")
-    a: RunResult = run_recipe(_run_config(base, "A", out / "runs"), log=log)
+    a: RunResult = run_recipe(_run_config(base, "A", runs), log=log)
     splits = build_splits(base.data)
     test = splits.test
     stream, held = stream_and_held_out(len(test), study.n_feedback, study.seed)
@@ -297,7 +298,7 @@ def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path:
                           recent_share=study.recent_share)  # fmt: skip
     store.close()
     log(f"model B: snapshot {snap.id} ({snap.manifest['feedback']['n']} feedback images)")
-    b = run_recipe(_run_config(base, "B", out / "runs", snapshot=str(snap.path), feedback_repeat=study.feedback_repeat), log=log)
+    b = run_recipe(_run_config(base, study.b_name, runs, snapshot=str(snap.path), feedback_repeat=study.feedback_repeat), log=log)
 
     held_records = test.records.subset(held)
     sets = {

@@ -104,3 +104,11 @@ def test_study_logs_feedback_trains_b_from_the_snapshot_and_scores_both_on_the_s
     again = json.loads((run_feedback_study(study, base, tmp_path / "study.yaml").parent / "report.json").read_text())
     assert again["snapshot"]["id"] == snap["id"] and again["scores"] == report["scores"]
     assert bundles == {m: (Path(again["models"][m]["run"]) / "bundle" / "manifest.json").stat().st_mtime_ns for m in "AB"}
+
+    # a second shift sharing the runs folder reuses A and trains its own B
+    shared = f"runs_dir={Path(report['models']['A']['run']).parent}"
+    strong, _ = load_feedback_study(tmp_path / "study.yaml", ["name=strong", "shift.tint=[0.5,0.4,0.7]", shared])
+    other = json.loads((run_feedback_study(strong, base, tmp_path / "study.yaml").parent / "report.json").read_text())
+    assert other["models"]["A"] == report["models"]["A"] and Path(other["models"]["B"]["run"]).name == "B-strong"
+    assert (Path(report["models"]["A"]["run"]) / "bundle" / "manifest.json").stat().st_mtime_ns == bundles["A"]
+    assert other["snapshot"]["id"] != snap["id"] and other["study"]["shift"]["tint"] == [0.5, 0.4, 0.7]
