@@ -8,7 +8,7 @@ trained through the library on the first run and cached in ``runs/bench``):
 * baseline: ``torchattacks.PGD(model, eps, alpha, steps=50, random_start=True)`` on batches, as its
   documentation shows it (the model in eval mode, images in [0, 1]); an item is robust when the model is
   right on the clean image and on the returned final iterate;
-* robustdx: :func:`robustdx.core.attacks.pgd_outcome` — the same trajectory on a BatchNorm-folded twin, an
+* robustdx: :func:`robustdx.core.attacks.pgd_outcome` — the same trajectory on a BatchNorm-folded, channels_last twin, an
   item robust only if *every* visited point is classified right, and an item leaves the batch as soon as one
   is not (so robustdx's robust accuracy can only be lower or equal: a stronger evaluation).
 

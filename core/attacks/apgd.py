@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from robustdx.core.attacks.base import frozen_eval
-from robustdx.core.attacks.folding import fold_batchnorm
+from robustdx.core.attacks.base import channels_like, frozen_eval
+from robustdx.core.attacks.folding import fast_twin
 from robustdx.core.attacks.outcome import Outcome, clean_outcome
 
 ApgdLoss = Literal["ce", "margin"]
@@ -50,7 +50,7 @@ def _loss(logits: Tensor, y: Tensor, loss: ApgdLoss) -> Tensor:
 
 def _loss_grad(net: nn.Module, x: Tensor, y: Tensor, loss: ApgdLoss) -> tuple[Tensor, Tensor, Tensor]:
     """Per-item loss, its input gradient and whether the point is misclassified."""
-    x = x.detach().requires_grad_(True)
+    x = channels_like(x.detach(), net).requires_grad_(True)
     with torch.enable_grad():
         logits = net(x)
         value = _loss(logits, y, loss)
@@ -158,7 +158,7 @@ def apgd_outcome(model: nn.Module, x: Tensor, y: Tensor, settings: ApgdSettings)
         return out
     gen = torch.Generator().manual_seed(settings.seed)
     with frozen_eval(model):
-        net = fold_batchnorm(model)
+        net = fast_twin(model)
         for _ in range(settings.restarts):
             idx = (~out.fooled).nonzero().flatten()
             if idx.numel() == 0:

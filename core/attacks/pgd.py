@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from robustdx.core.attacks.base import channels_like, frozen_eval, register_attack
-from robustdx.core.attacks.folding import fold_batchnorm
+from robustdx.core.attacks.folding import fast_twin, fold_batchnorm
 from robustdx.core.attacks.outcome import Outcome, clean_outcome
 from robustdx.core.config import AttackConfig, AttackSpace
 from robustdx.core.losses import cross_entropy, supcon_loss
@@ -142,7 +142,9 @@ def pgd_outcome(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, seed:
 
     Why: torchattacks keeps the final iterate only, so an item misclassified half-way and correct at the
     end counts as robust (an overestimate); and attacking items that are already broken is wasted work —
-    on a 1,000-image evaluation most of the cost. Restarts attack only the survivors. The random start is
+    on a 1,000-image evaluation most of the cost. Restarts attack only the survivors. The model is its
+    :func:`~robustdx.core.attacks.folding.fast_twin` (BatchNorm folded, channels_last: 1.3-1.4x per step on a
+    2-core CPU, the same outcomes on 128 PCam images). The random start is
     drawn on the CPU from ``seed`` (the same numbers on every device; the global RNG is untouched); each
     item's trajectory does not depend on the others (eval mode, per-item loss), so leaving the batch
     changes nothing for the rest.
@@ -158,7 +160,7 @@ def pgd_outcome(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, seed:
         return out
     gen = torch.Generator().manual_seed(seed)
     with frozen_eval(model):
-        run = _PgdRun(fold_batchnorm(model), x.detach(), y, cfg, out)
+        run = _PgdRun(fast_twin(model), x.detach(), y, cfg, out)
         for _ in range(cfg.restarts):
             idx = (~out.fooled).nonzero().flatten()
             if idx.numel() == 0:
@@ -181,7 +183,7 @@ class _PgdRun:
         xa = x0.clone() if start is None else (x0 + start.to(x0)).clamp(0.0, 1.0)
         for step in range(self.steps + 1):  # ``steps`` gradient steps, then the final point is checked too
             last = step == self.steps
-            xa = xa.detach().requires_grad_(not last)
+            xa = channels_like(xa.detach(), self.net).requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = self.net(xa)
             out.evaluations.index_add_(0, idx, torch.ones_like(idx))
