@@ -143,6 +143,9 @@ def feedback_study(
         Path, typer.Option("--config", "-c", help="Feedback-study YAML, e.g. configs/experiments/feedback-pcam.yaml.")
     ],
     set_: SetOpt = None,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Render README.md again from the finished study's report.json; run nothing.")
+    ] = False,
 ) -> None:
     """Measure what retraining on clinicians' feedback buys after a stain shift: model A on the base data, a shifted
     production stream through the inference log with reviewers' labels, model B from the data snapshot, both
@@ -154,10 +157,13 @@ def feedback_study(
 
     try:
         study, base = load_feedback_study(config, set_ or [])
-        from robustdx.core.evaluation.feedback_study import run_feedback_study
+        from robustdx.core.evaluation.feedback_study import rewrite_report, run_feedback_study
 
-        report = run_feedback_study(study, base, config, log=lambda m: console.print(f"[cyan]»[/] {m}"))
-    except (ConfigError, DataError, BundleError, ValueError) as err:
+        if report_only:
+            report = rewrite_report(study)
+        else:
+            report = run_feedback_study(study, base, config, log=lambda m: console.print(f"[cyan]»[/] {m}"))
+    except (ConfigError, DataError, BundleError, ValueError, FileNotFoundError) as err:
         fail(err)
     console.print(f"report: [bold]{report}[/]")
 

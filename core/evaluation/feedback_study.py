@@ -228,8 +228,8 @@ items for both models.
 
 ## What they do not support
 
-- One seed and one shift: the size of the gain for other stains, scanners or amounts of feedback is not
-  measured here; the interval is over test items, not over training runs.
+- One training seed and one stain per report: the gain for other stains, scanners or amounts of feedback
+  is not measured here, and the intervals are over test items, not over training runs.
 - B trained on more images a pass than A (base + feedback), so its budget in optimiser steps is larger;
   the study measures *retraining on feedback* against *not retraining*, not against retraining on the
   base set alone.
@@ -239,6 +239,19 @@ items for both models.
     path = out / "README.md"
     atomic_write_bytes(path, lambda p: p.write_text(text))
     return path
+
+
+def rewrite_report(study: FeedbackStudyConfig) -> Path:
+    """Render README.md again from a finished study's report.json (trains and scores nothing).
+
+    Raises:
+        FileNotFoundError: the study has not finished yet.
+    """
+    out = Path(study.output_dir) / study.name
+    path = out / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run the study first (robustdx feedback-study -c ...)")
+    return _write_report(out, json.loads(path.read_text()))
 
 
 def findings(comparison: dict[str, Any], alpha: float = 0.05) -> list[str]:

@@ -18,7 +18,7 @@ from robustdx.core.config import FeedbackStudyConfig, load_feedback_study, parse
 from robustdx.core.data import build_splits
 from robustdx.core.data.snapshot import base_items, snapshot_id
 from robustdx.core.data.synthetic import apply_stain
-from robustdx.core.evaluation.feedback_study import run_feedback_study, shifted_png, stream_and_held_out
+from robustdx.core.evaluation.feedback_study import rewrite_report, run_feedback_study, shifted_png, stream_and_held_out
 from robustdx.core.feedback.schema import feedback, inferences
 from robustdx.core.feedback.store import FeedbackStore, sqlite_url
 from tests.support.configs import learnable_raw
@@ -34,6 +34,17 @@ def test_stream_and_held_out_are_a_seeded_partition() -> None:
     assert not np.array_equal(stream, stream_and_held_out(100, 40, seed=4)[0])
     with pytest.raises(ValueError, match="at least 10 must be"):
         stream_and_held_out(100, 95, seed=0)
+
+
+def test_report_only_before_the_study_ran_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(learnable_raw(tmp_path, tmp_path / "runs")))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "s", "base": "base.yaml", "output_dir": str(tmp_path)}))
+    r = subprocess.run([sys.executable, "-m", "robustdx.cli", "feedback-study", "-c", str(tmp_path / "s.yaml"), "--report-only"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "run the study first" in r.stdout + r.stderr, (r.returncode, r.stdout[-400:], r.stderr[-400:])
 
 
 def test_shifted_png_is_the_stain_shift_rounded_to_8_bits() -> None:
@@ -98,6 +109,8 @@ def test_study_logs_feedback_trains_b_from_the_snapshot_and_scores_both_on_the_s
         assert a["accuracy"]["k"] == int(ca.sum()) and a["accuracy"]["lo"] <= a["accuracy"]["value"] <= a["accuracy"]["hi"]
     text = readme.read_text()
     assert "## What these numbers support" in text and snap["id"] in text and len(report["findings"]) == 4
+    readme.unlink()
+    assert rewrite_report(study).read_text() == text, "the README is a function of report.json"
 
     # a rerun reuses A, the log, the snapshot and B, and reproduces the numbers
     bundles = {m: (Path(report["models"][m]["run"]) / "bundle" / "manifest.json").stat().st_mtime_ns for m in "AB"}
