@@ -233,6 +233,9 @@ items for both models.
 - B trained on more images a pass than A (base + feedback), so its budget in optimiser steps is larger;
   the study measures *retraining on feedback* against *not retraining*, not against retraining on the
   base set alone.
+- The production stream and the held-out images are drawn from the same test split: where that split shares
+  slides or patients, part of B's gain — most plausibly the gain on images without the shift — comes from
+  having trained on that split, not from learning the stain.
 - The labels are the data set's own: real clinicians disagree, and disputed answers are left out of a
   snapshot until reviewers agree.
 """
@@ -286,6 +289,7 @@ def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path:
     out = Path(study.output_dir) / study.name
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(base.device)
+    environment = _environment(device)  # the commit whose code this process runs (read before it can move on)
 
     runs = Path(study.runs_dir) if study.runs_dir is not None else out / "runs"
     log("model A: the base training split")
@@ -342,7 +346,7 @@ def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path:
         "scores": scores,
         "comparison": comparison,
         "findings": findings(comparison),
-        "environment": _environment(device),
+        "environment": environment,
         "elapsed_s": time.perf_counter() - started,
     }  # fmt: skip
     atomic_write_bytes(out / "report.json", lambda p: p.write_text(json.dumps(jsonable(result), indent=1)))
