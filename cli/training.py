@@ -160,7 +160,7 @@ def feedback_study(
         from robustdx.core.evaluation.feedback_study import rewrite_report, run_feedback_study
 
         if report_only:
-            report = rewrite_report(study)
+            report = rewrite_report(study, base)
         else:
             report = run_feedback_study(study, base, config, log=lambda m: console.print(f"[cyan]»[/] {m}"))
     except (ConfigError, DataError, BundleError, ValueError, FileNotFoundError) as err:

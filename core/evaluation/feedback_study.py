@@ -165,17 +165,25 @@ def _score(
             "robust_correct": robust["robust_correct"],
         },  # fmt: skip
         "correct": [bool(c) for c in correct],
+        "labels": [int(v) for v in labels],
     }
 
 
-def _compare(a: dict[str, Any], b: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
-    """B against A on the same items: exact McNemar on clean and on robust correctness (difference = B - A)."""
-    assert a["robust"]["items"] == b["robust"]["items"], "A and B must be attacked on the same items"
-    clean = st.exact_sign_test(np.asarray(b["correct"], float), np.asarray(a["correct"], float), n_boot, seed)
-    robust = st.exact_sign_test(
-        np.asarray(b["robust"]["robust_correct"], float), np.asarray(a["robust"]["robust_correct"], float), n_boot, seed
-    )
-    return {"clean": clean, "robust": robust}
+def _compare(a: dict[str, Any], b: dict[str, Any], class_names: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """B against A on the same items: exact McNemar on clean and on robust correctness, and on the clean correctness
+    of each class's items (its recall: a model can gain accuracy by trading one class for another; difference = B - A)."""
+    assert a["robust"]["items"] == b["robust"]["items"] and a["labels"] == b["labels"], "A and B must see the same items"
+    ca, cb, labels = np.asarray(a["correct"], float), np.asarray(b["correct"], float), np.asarray(a["labels"])
+    out = {
+        "clean": st.exact_sign_test(cb, ca, n_boot, seed),
+        "robust": st.exact_sign_test(
+            np.asarray(b["robust"]["robust_correct"], float), np.asarray(a["robust"]["robust_correct"], float), n_boot, seed
+        ),
+    }
+    for k, name in enumerate(class_names):
+        if (labels == k).any():
+            out[f"recall {name}"] = st.exact_sign_test(cb[labels == k], ca[labels == k], n_boot, seed)
+    return out
 
 
 def _pct(p: dict[str, Any]) -> str:
@@ -218,7 +226,8 @@ items for both models.
 
 {markdown_table(rows, list(rows[0]))}
 
-**B against A** (paired, exact McNemar; difference = B − A with a paired bootstrap interval):
+**B against A** (paired, exact McNemar, p unadjusted; difference = B − A with a paired bootstrap interval; a
+class's recall compares the two models on that class's items):
 
 {markdown_table(cmp_rows, list(cmp_rows[0]))}
 
@@ -244,8 +253,9 @@ items for both models.
     return path
 
 
-def rewrite_report(study: FeedbackStudyConfig) -> Path:
-    """Render README.md again from a finished study's report.json (trains and scores nothing).
+def rewrite_report(study: FeedbackStudyConfig, base: RunConfig) -> Path:
+    """Redo the paired comparisons from a finished study's per-item scores and render README.md again (trains and
+    attacks nothing). A report written before the scores kept the items' labels gets them from the test split.
 
     Raises:
         FileNotFoundError: the study has not finished yet.
@@ -254,21 +264,36 @@ def rewrite_report(study: FeedbackStudyConfig) -> Path:
     path = out / "report.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: run the study first (robustdx feedback-study -c ...)")
-    return _write_report(out, json.loads(path.read_text()))
+    result = json.loads(path.read_text())
+    scores = result["scores"]
+    if any("labels" not in scores[m][s] for m in scores for s in scores[m]):
+        labels = build_splits(base.data).test.records.labels[np.asarray(result["held_out_items"])]
+        for m in scores:
+            for s in scores[m]:
+                scores[m][s]["labels"] = [int(v) for v in labels]
+    result["comparison"] = {
+        s: _compare(scores["A"][s], scores["B"][s], result["class_names"], study.n_boot, study.seed) for s in scores["A"]
+    }
+    result["findings"] = findings(result["comparison"])
+    atomic_write_bytes(path, lambda p: p.write_text(json.dumps(jsonable(result), indent=1)))
+    return _write_report(out, result)
 
 
 def findings(comparison: dict[str, Any], alpha: float = 0.05) -> list[str]:
-    """Plain sentences for what the paired tests support (and what they do not) at level ``alpha``."""
+    """Plain sentences for what the paired tests support at level ``alpha``, Holm-corrected over every comparison
+    of the report (accuracy, robust accuracy and each class's recall, shifted and not)."""
+    tests = [(setting, what, c) for setting in ("shifted", "base") for what, c in comparison[setting].items()]
+    adjusted, rejected = st.holm([c["p_value"] for _s, _w, c in tests], alpha)
+    words = {"shifted": "stain-shifted held-out images", "base": "held-out images without the shift"}
     out = []
-    for setting, words in (("shifted", "stain-shifted held-out images"), ("base", "held-out images without the shift")):
-        for what, noun in (("clean", "accuracy"), ("robust", "robust accuracy")):
-            c = comparison[setting][what]
-            d, (lo, hi) = c["difference"], c["difference_ci"]
-            numbers = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {c['p_value']:.2g}"
-            if c["p_value"] <= alpha:
-                out.append(f"B's {noun} on {words} is {'higher' if d > 0 else 'lower'} than A's: {numbers}.")
-            else:
-                out.append(f"No difference in {noun} on {words} is shown: {numbers}.")
+    for (setting, what, c), p, reject in zip(tests, adjusted, rejected, strict=True):
+        noun = {"clean": "accuracy", "robust": "robust accuracy"}.get(what, what.replace("recall ", "recall of "))
+        d, (lo, hi) = c["difference"], c["difference_ci"]
+        numbers = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], Holm-adjusted p = {p:.2g}"
+        if reject:
+            out.append(f"B's {noun} on {words[setting]} is {'higher' if d > 0 else 'lower'} than A's: {numbers}.")
+        else:
+            out.append(f"No difference in {noun} on {words[setting]} is shown: {numbers}.")
     return out
 
 
@@ -329,7 +354,7 @@ def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path:
         for setting, data in sets.items():
             log(f"scoring {name} on {len(data)} held-out images ({setting})")
             scores[name][setting] = _score(model, data, base, study, device)
-    comparison = {s: _compare(scores["A"][s], scores["B"][s], study.n_boot, study.seed) for s in sets}
+    comparison = {s: _compare(scores["A"][s], scores["B"][s], splits.class_names, study.n_boot, study.seed) for s in sets}
     manifest = snap.manifest
     result = {
         "study": study.model_dump(mode="json"),

@@ -96,6 +96,7 @@ def validation_scores(
     model.to(device).eval()
     probs, labels, _groups = predict(model, DataLoader(splits.val, batch_size=cfg.data.eval_batch_size), device)
     clean = classification_metrics(probs, labels)
+    pred = probs.argmax(1)
     attack = AttackConfig(eps=eps, steps=settings.steps or cfg.eval_attack.steps, restarts=cfg.eval_attack.restarts)
     sample = EvalConfig(max_n=settings.n_robust, batch_size=cfg.data.eval_batch_size, seed=cfg.seed, n_boot=200)
     robust = robust_accuracy(model, splits.val, attack, sample, device=device)
@@ -113,6 +114,9 @@ def validation_scores(
         **recent,
         "clean_acc": float(clean["acc"]),
         "balanced_acc": float(clean["bal_acc"]),
+        "class_recall": {  # what GateConfig.class_recall_tolerance compares
+            name: float((pred[labels == k] == k).mean()) for k, name in enumerate(splits.class_names) if (labels == k).any()
+        },
         "auc": clean.get("auc"),
         "robust_acc": float(robust["robust_acc"]),
         "eps": float(eps),

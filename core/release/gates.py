@@ -35,6 +35,13 @@ class GateConfig(BaseModel):
     recent_tolerance: float = Field(
         0.02, ge=0, le=1, description="Allowed drop in clean accuracy on the snapshot's held-out recent images."
     )
+    class_recall_tolerance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Allowed drop in each class's validation recall (None: not gated). Overall accuracy can hide a "
+        "trade: reports/feedback-pcam-strong's B kept base accuracy and lost 0.19 of tumour recall.",
+    )
     min_clean_acc: float = Field(0.0, ge=0, le=1, description="Absolute floor on clean accuracy (also for the first model).")
     min_robust_acc: float = Field(0.0, ge=0, le=1, description="Absolute floor on robust accuracy (also for the first model).")
 
@@ -106,6 +113,10 @@ def decide(candidate: dict[str, Any], production: dict[str, Any] | None, gates: 
                 "attribution", candidate.get("attribution"), production.get("attribution"), gates.attribution_tolerance
             ),
         ]
+        if gates.class_recall_tolerance is not None:  # per class: a trade between classes is not hidden by the mean
+            prod_recall = production.get("class_recall") or {}
+            for name, value in sorted((candidate.get("class_recall") or {}).items()):
+                checks.append(_relative_gate(f"recall[{name}]", value, prod_recall.get(name), gates.class_recall_tolerance))
         if candidate.get("recent_clean_acc") is not None:  # scored on a snapshot: the recent images gate too
             checks.append(
                 _relative_gate(

@@ -108,9 +108,22 @@ def test_study_logs_feedback_trains_b_from_the_snapshot_and_scores_both_on_the_s
         assert cmp["difference"] == pytest.approx(cb.mean() - ca.mean())
         assert a["accuracy"]["k"] == int(ca.sum()) and a["accuracy"]["lo"] <= a["accuracy"]["value"] <= a["accuracy"]["hi"]
     text = readme.read_text()
-    assert "## What these numbers support" in text and snap["id"] in text and len(report["findings"]) == 4
+    assert "## What these numbers support" in text and snap["id"] in text and len(report["findings"]) == 8
+    for setting in ("shifted", "base"):  # per-class recall, paired on the items of each class
+        a, b = report["scores"]["A"][setting], report["scores"]["B"][setting]
+        labels = np.asarray(a["labels"])
+        for k, name in enumerate(report["class_names"]):
+            c = report["comparison"][setting][f"recall {name}"]
+            assert c["n"] == a["recall"][k]["n"] == int((labels == k).sum())
+            assert c["mean_a"] == pytest.approx(b["recall"][k]["value"]) and c["mean_b"] == pytest.approx(a["recall"][k]["value"])
     readme.unlink()
-    assert rewrite_report(study).read_text() == text, "the README is a function of report.json"
+    old = json.loads((out / "report.json").read_text())
+    for m in "AB":  # a report written before the labels were kept
+        for setting in ("shifted", "base"):
+            del old["scores"][m][setting]["labels"]
+    (out / "report.json").write_text(json.dumps(old))
+    assert rewrite_report(study, base).read_text() == text, "the README is a function of the per-item scores"
+    assert json.loads((out / "report.json").read_text()) == report
 
     # a rerun reuses A, the log, the snapshot and B, and reproduces the numbers
     bundles = {m: (Path(report["models"][m]["run"]) / "bundle" / "manifest.json").stat().st_mtime_ns for m in "AB"}

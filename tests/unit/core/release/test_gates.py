@@ -72,3 +72,14 @@ def test_recent_images_gate_an_adapted_model_in_and_a_forgetful_or_stale_one_out
     stale = decide(scores(recent_clean_acc=0.50), serving, GateConfig(recent_tolerance=0.02))
     assert not stale.promote and stale.reasons[0].startswith("recent_clean_acc")
     assert all(c.name != "recent_clean_acc" for c in decide(scores(), SERVING, GateConfig()).checks), "no snapshot, no gate"
+
+
+def test_class_recall_gate_catches_a_trade_between_classes_the_mean_hides() -> None:
+    serving = {**SERVING, "class_recall": {"normal": 0.58, "tumor": 0.88}}
+    traded = scores(clean_acc=0.86, class_recall={"normal": 0.81, "tumor": 0.69})  # feedback-pcam-strong's B on base images
+    assert decide(traded, serving, GateConfig()).promote, "off by default: only the mean is gated"
+    d = decide(traded, serving, GateConfig(class_recall_tolerance=0.05))
+    assert not d.promote and d.reasons == ["recall[tumor] 0.6900 < 0.8300 (serving 0.8800 - 0.05)"]
+    assert decide(scores(class_recall={"normal": 0.60, "tumor": 0.85}), serving, GateConfig(class_recall_tolerance=0.05)).promote
+    first = decide(traded, {**SERVING}, GateConfig(class_recall_tolerance=0.05))  # a serving model scored before the key
+    assert first.promote and any(c.name == "recall[tumor]" and "no serving value" in c.reason for c in first.checks)
