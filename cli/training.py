@@ -91,7 +91,7 @@ def data_synth(
 
 
 def experiment(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML, e.g. configs/paper-pcam.yaml.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML, e.g. configs/experiments/paper-pcam.yaml.")],
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the cells; train nothing.")] = False,
     report_only: Annotated[

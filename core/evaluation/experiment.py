@@ -263,6 +263,7 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
         log(f"{name}: done before, skipped")
         return json.loads(out.read_text())
     cfg = cell_config(base, exp, recipe, seed, fold)
+    environment = run_environment()  # read before training: the commit whose code this process runs
     log(f"{name}: training ({', '.join(f'{k} {getattr(cfg, k).epochs} epochs' for _, k in RECIPES[recipe])})")
     t0 = time.perf_counter()
     result = run_recipe(cfg, log=lambda m: log(f"  {m}"))
@@ -273,7 +274,7 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
         "name": name, "recipe": str(recipe), "seed": seed, "fold": fold,
         "epochs": {k: getattr(cfg, k).epochs for _, k in RECIPES[recipe]},
         "train_seconds": sum(s.seconds for s in result.stages), "wall_seconds": time.perf_counter() - t0,
-        "eval_seconds": time.perf_counter() - t1, "bundle": str(result.bundle), "environment": run_environment(),
+        "eval_seconds": time.perf_counter() - t1, "bundle": str(result.bundle), "environment": environment,
         "history": [{"regime": s.regime, "monitor": s.monitor, "history": s.history} for s in result.stages],
         **scores,
     }  # fmt: skip
@@ -283,12 +284,28 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
 
 
 def run_environment() -> dict[str, str]:
-    """Where a cell ran (a cell's timings and its floating-point details depend on it)."""
+    """Where and from which code a cell ran: the git commit (``-dirty`` with uncommitted changes to tracked
+    files), the device, versions and threads (a cell's timings and floating-point details depend on them)."""
     device = resolve_device("auto")
     return {
+        "commit": _git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "threads": str(torch.get_num_threads()),
     }  # fmt: skip
+
+
+def _git_commit() -> str:
+    """HEAD of the repository this process runs in, ``unknown`` outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _print_log(message: str) -> None:

@@ -302,24 +302,13 @@ def findings(comparison: dict[str, Any], alpha: float = 0.05) -> list[str]:
     return out
 
 
-def _environment() -> dict[str, Any]:
-    """:func:`run_environment` (device, threads, versions) plus the git commit whose code this process runs."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"commit": commit, **run_environment()}
-
-
 def run_feedback_study(study: FeedbackStudyConfig, base: RunConfig, config_path: Path | str, log: Log = lambda _m: None) -> Path:
     """Run (or resume) the study and write ``output_dir/name/{report.json,README.md}``; returns the README."""
     started = time.perf_counter()
     out = Path(study.output_dir) / study.name
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(base.device)
-    environment = _environment()  # the commit whose code this process runs (read before it can move on)
+    environment = run_environment()  # the commit whose code this process runs (read before it can move on)
 
     runs = Path(study.runs_dir) if study.runs_dir is not None else out / "runs"
     log("model A: the base training split")
