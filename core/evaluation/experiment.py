@@ -22,6 +22,7 @@ tests), so a rerun skips finished cells and an interrupted training resumes. The
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -232,20 +233,25 @@ def _sanity_scores(model: nn.Module, x: Tensor, target: Tensor, cfg: RunConfig, 
 
 
 def evaluate_cell(
-    model: nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device
+    model: nn.Module, cfg: RunConfig, exp: ExperimentConfig, splits: Splits, device: torch.device, log: Log = lambda _m: None
 ) -> dict[str, Any]:
-    """Clean, robust and attribution scores of one trained model on the evaluation items."""
+    """Clean, robust and attribution scores of one trained model on the evaluation items (each budget and the
+    attributions logged with their time as they end: a cell takes minutes)."""
     model.to(device).eval()
     data = evaluation_data(splits, cfg, exp.robustness.n_items, device)
     n_classes = cfg.model.num_classes
-    robustness = run_suite(model, data.x, data.y, float(cfg.attack.eps), exp.robustness, n_classes)
+    robustness = run_suite(model, data.x, data.y, float(cfg.attack.eps), exp.robustness, n_classes, log=log)
+    started = time.perf_counter()
+    attribution = attribution_scores(model, data, cfg, exp)
+    attribution["seconds"] = time.perf_counter() - started
+    log(f"attributions ({exp.attribution.n_images} images, with their controls): {attribution['seconds']:.0f} s")
     return {
         "items": data.ids,
         "labels": data.y.cpu().tolist(),
         "test": clean_scores(model, data, n_classes, exp, cfg.seed),
         "robustness": robustness,
         "flags": robustness["flags"],
-        "attribution": attribution_scores(model, data, cfg, exp),
+        "attribution": attribution,
     }
 
 
@@ -269,7 +275,9 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
     result = run_recipe(cfg, log=lambda m: log(f"  {m}"))
     t1 = time.perf_counter()
     log(f"{name}: evaluating ({len(exp.robustness.budgets(float(cfg.attack.eps)))} budgets, attributions)")
-    scores = evaluate_cell(result.model, cfg, exp, build_splits(cfg.data), resolve_device(cfg.device))
+    scores = evaluate_cell(
+        result.model, cfg, exp, build_splits(cfg.data), resolve_device(cfg.device), log=lambda m: log(f"  {m}")
+    )
     record = {
         "name": name, "recipe": str(recipe), "seed": seed, "fold": fold,
         "epochs": {k: getattr(cfg, k).epochs for _, k in RECIPES[recipe]},
@@ -294,8 +302,10 @@ def run_environment() -> dict[str, str]:
     }  # fmt: skip
 
 
+@functools.cache
 def _git_commit() -> str:
-    """HEAD of the repository this process runs in, ``unknown`` outside a git checkout."""
+    """HEAD of the repository this process runs in (``unknown`` outside a git checkout), read once per
+    process: the code a process runs is what it imported, so a commit made while it runs is not its code."""
     import subprocess
 
     def git(*args: str) -> str:

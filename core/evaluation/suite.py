@@ -20,7 +20,8 @@ split at two budgets costs minutes, not hours.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,30 +43,42 @@ def evaluation_items(n_total: int, n: int | None, split_seed: int) -> np.ndarray
 
 
 def gradient_worst_case(model: nn.Module, x: Tensor, y: Tensor, eps: float, cfg: SuiteConfig) -> dict[str, Outcome]:
-    """PGD's and APGD's outcomes on ``x`` and their union (``"worst"``)."""
+    """PGD's outcome on ``x``, APGD's on the items PGD left standing, and their union (``"worst"``).
+
+    Why APGD runs on PGD's survivors only (AutoAttack's order): an item PGD broke is broken whatever APGD
+    does, so attacking it again changes no verdict and cost most of APGD's time on weak models. What APGD
+    breaks is therefore what PGD missed (``apgd_only_broken`` in the record: a large count says PGD is weak).
+    """
     pgd = AttackConfig(eps=eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts)
     outcomes = {"pgd": _batched(lambda xb, yb, k: pgd_outcome(model, xb, yb, pgd, seed=cfg.seed + k), x, y, cfg.batch_size)}
     outcomes["worst"] = outcomes["pgd"]
     if cfg.apgd_steps:
         s = ApgdSettings(eps=eps, steps=cfg.apgd_steps, loss=cfg.apgd_loss, seed=cfg.seed)
-        outcomes["apgd"] = _batched(lambda xb, yb, _k: apgd_outcome(model, xb, yb, s), x, y, cfg.batch_size)
-        outcomes["worst"] = merge(outcomes["pgd"], outcomes["apgd"])
+        apgd = on_survivors(lambda xb, yb, _k: apgd_outcome(model, xb, yb, s), x, y, ~outcomes["pgd"].fooled, cfg.batch_size)
+        outcomes["apgd"] = apgd
+        outcomes["worst"] = merge(outcomes["pgd"], apgd)
     return outcomes
 
 
 def square_on_survivors(model: nn.Module, x: Tensor, y: Tensor, eps: float, standing: Tensor, cfg: SuiteConfig) -> Outcome:
     """Square on the items the gradient attacks left ``standing`` (the others cannot change the verdict), so
     whatever it breaks, it broke where PGD and APGD failed."""
+
+    def attack(xb: Tensor, yb: Tensor, k: int) -> Outcome:
+        return square_outcome(model, xb, yb, eps, n_queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed + k)
+
+    return on_survivors(attack, x, y, standing, cfg.batch_size)
+
+
+def on_survivors(attack: Any, x: Tensor, y: Tensor, standing: Tensor, batch: int) -> Outcome:
+    """``attack`` (batched) on the ``standing`` items only; the others come back un-fooled at their clean
+    point with no evaluations spent."""
     idx = standing.nonzero().flatten()
     zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
     out = Outcome(x.detach().clone(), zeros.bool(), zeros.clone())
     if idx.numel() == 0:
         return out
-
-    def attack(xb: Tensor, yb: Tensor, k: int) -> Outcome:
-        return square_outcome(model, xb, yb, eps, n_queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed + k)
-
-    found = _batched(attack, x[idx], y[idx], cfg.batch_size)
+    found = _batched(attack, x[idx], y[idx], batch)
     out.x_adv[idx], out.fooled[idx], out.evaluations[idx] = found.x_adv, found.fooled, found.evaluations
     return out
 
@@ -95,23 +108,37 @@ def _record(eps: float, role: str, y: Tensor, clean: Tensor, outcomes: dict[str,
             for c in range(n_classes)
         ],
         "robust_balanced_acc": float(np.mean([robust[labels == c].mean() for c in range(n_classes) if (labels == c).any()])),
-        "by_attack": {k: float((~o.fooled).float().mean()) for k, o in outcomes.items() if k != "square"},
+        "by_attack": {k: float((~outcomes[k].fooled).float().mean()) for k in ("pgd", "worst")},
         "evaluations_per_item": float(outcomes["worst"].evaluations.float().mean()),
         "robust_items": robust.astype(int).tolist(),
         "clean_items": clean.cpu().numpy().astype(int).tolist(),
     }
+    if "apgd" in outcomes:  # APGD ran on PGD's survivors
+        rec["apgd_n"] = int((~outcomes["pgd"].fooled).sum())
+        rec["apgd_only_broken"] = int(outcomes["apgd"].fooled.sum())
     if "square" in outcomes:
         rec["square_n"] = int(len(outcomes["square"].fooled))
         rec["square_only_broken"] = int(outcomes["square"].fooled.sum())  # Square ran on the gradient attacks' survivors
     return rec
 
 
-def run_suite(model: nn.Module, x: Tensor, y: Tensor, train_eps: float, cfg: SuiteConfig, n_classes: int = 2) -> dict[str, Any]:
+def run_suite(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    train_eps: float,
+    cfg: SuiteConfig,
+    n_classes: int = 2,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
     """The whole protocol on the evaluation items ``x, y`` (already on the model's device, in the order of
-    :func:`evaluation_items`): one record per budget and the flags."""
+    :func:`evaluation_items`): one record per budget (with the seconds it took, logged as each ends) and the
+    flags."""
     clean = ~clean_outcome(model, x, y).fooled
     records = []
-    for eps, role in cfg.budgets(train_eps):
+    budgets = cfg.budgets(train_eps)
+    for i, (eps, role) in enumerate(budgets, 1):
+        started = time.perf_counter()
         n = len(x) if role == "headline" else min(cfg.n_grid, len(x))
         outcomes = gradient_worst_case(model, x[:n], y[:n], eps, cfg)
         n_sq = min(cfg.n_square, n) if np.isclose(eps, train_eps) else 0
@@ -120,7 +147,14 @@ def run_suite(model: nn.Module, x: Tensor, y: Tensor, train_eps: float, cfg: Sui
             sq = square_on_survivors(model, x[:n_sq], y[:n_sq], eps, standing, cfg)
             outcomes["square"] = sq
             outcomes["worst"] = merge(outcomes["worst"], _pad(sq, n))
-        records.append(_record(eps, role, y[:n], clean[:n], outcomes, n_classes))
+        rec = _record(eps, role, y[:n], clean[:n], outcomes, n_classes)
+        rec["seconds"] = time.perf_counter() - started
+        records.append(rec)
+        acc = rec["robust_acc"]
+        log(
+            f"budget {i}/{len(budgets)}: eps={rec['eps_label']} ({role}, {n} items) robust {acc['value']:.3f} "
+            f"[{acc['lo']:.3f}, {acc['hi']:.3f}], {rec['evaluations_per_item']:.0f} evaluations/item, {rec['seconds']:.0f} s"
+        )
     return {"clean_items": clean.cpu().numpy().astype(int).tolist(), "budgets": records, "flags": suite_flags(records, cfg)}
 
 

@@ -35,9 +35,14 @@ def test_budgets_headline_first_then_grid_then_sanity_each_once() -> None:
 def test_known_robust_accuracy_with_intervals_and_no_flags() -> None:
     model, (x, y, means) = MeanIntensity(), mean_intensity_batch(96, seed=5)
     cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(64 / 255,), **FAST)
-    out = run_suite(model, x, y, EPS, cfg)
+    lines: list[str] = []
+    out = run_suite(model, x, y, EPS, cfg, log=lines.append)
     head, sanity = out["budgets"]
     want = ((means - 0.5).abs() > EPS).numpy()
+    # APGD ran only on what PGD left standing, and (PGD being exact here) broke none of it
+    assert head["apgd_n"] == round(head["by_attack"]["pgd"] * len(x)) and head["apgd_only_broken"] == 0
+    assert len(lines) == 2 and lines[0].startswith("budget 1/2: eps=") and "robust" in lines[0]
+    assert all(r["seconds"] > 0 for r in out["budgets"])
     assert head["robust_items"] == want.astype(int).tolist()
     acc = head["robust_acc"]
     assert acc["value"] == pytest.approx(want.mean()) and acc["lo"] <= acc["value"] <= acc["hi"]
@@ -56,6 +61,7 @@ def test_masked_gradients_are_caught_by_square_and_the_sanity_point() -> None:
     head = out["budgets"][0]
     assert head["by_attack"]["pgd"] >= float(np.mean(out["clean_items"])) - 0.05  # only its random start can break one
     assert head["square_only_broken"] > 0
+    assert head["apgd_only_broken"] == 0 and head["apgd_n"] > 0  # APGD is blinded by the same zero gradients
     assert head["robust_acc"]["value"] < head["by_attack"]["pgd"]  # the headline counts Square's breaks
     assert any("Square broke" in f for f in out["flags"])
     assert any("no classifier of [0, 1] images survives" in f for f in out["flags"])
