@@ -53,6 +53,10 @@ def cell_row(cell: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
     for b in cell["robustness"]["budgets"]:
         row[f"robust@{b['eps_label']}"] = _fmt_p(b["robust_acc"])
+    train = next((b for b in cell["robustness"]["budgets"] if "square_n" in b), None)  # the training ε
+    if train is not None and "apgd_n" in train:
+        row["APGD breaks beyond PGD (train ε)"] = f"{train['apgd_only_broken']} of {train['apgd_n']}"
+        row["Square breaks beyond both"] = f"{train['square_only_broken']} (first {train['square_n']})"
     row["flags"] = len(cell["flags"])
     return row
 
@@ -111,9 +115,9 @@ def attribution_rows(cells: list[dict[str, Any]], recipes: list[str]) -> list[di
         if not mine:
             continue
 
-        def mean(get: Any, runs: list[dict[str, Any]] = mine) -> str:
+        def mean(get: Any, runs: list[dict[str, Any]] = mine, fmt: str = ".3f") -> str:
             vals = [v for a in runs if (v := get(a)) is not None]
-            return f"{np.mean(vals):.3f}" if vals else "—"
+            return format(float(np.mean(vals)), fmt) if vals else "—"
 
         rows.append({
             "recipe": recipe, "images/run": mine[0]["n"], "region": mine[0]["region"],
@@ -127,11 +131,39 @@ def attribution_rows(cells: list[dict[str, Any]], recipes: list[str]) -> list[di
             "deletion − random (lower better)": mean(lambda a: a["deletion_insertion"]["deletion_diff"]),
             "insertion − random (higher better)": mean(lambda a: a["deletion_insertion"]["insertion_diff"]),
             "Spearman vs randomised model": mean(lambda a: (a.get("cascading") or {}).get("full_randomisation_spearman")),
-            "infidelity IG / gradient": f"{mean(lambda a: (a.get('infidelity') or {}).get('ig'))} / "
-            f"{mean(lambda a: (a.get('infidelity') or {}).get('gradient'))}",
-            "IG converged": mean(lambda a: a["converged"]["value"]),
+            "infidelity IG / gradient": f"{mean(lambda a: (a.get('infidelity') or {}).get('ig'), fmt='.3g')} / "
+            f"{mean(lambda a: (a.get('infidelity') or {}).get('gradient'), fmt='.3g')}",
+            "IG complete to 1 %": mean(lambda a: a["converged"]["value"]),
         })  # fmt: skip
     return rows
+
+
+SPEARMAN_LIMIT = 0.5
+"""Mean Spearman correlation with a fully randomised model's maps above which a regime's maps are said not to
+pass the model-randomisation check (Adebayo et al. 2018 read maps that stay this similar as not explaining
+the learned weights)."""
+
+
+def attribution_caveats(cells: list[dict[str, Any]], recipes: list[str]) -> list[str]:
+    """What each regime's attribution scores speak against (for "What they do not support"): maps that stay
+    similar to a randomised model's, and maps no more on the label region than a randomised model's."""
+    out = []
+    for recipe in recipes:
+        mine = [c["attribution"] for c in cells if c["recipe"] == recipe]
+        rho = [v for a in mine if (v := (a.get("cascading") or {}).get("full_randomisation_spearman")) is not None]
+        if rho and float(np.mean(rho)) > SPEARMAN_LIMIT:
+            out.append(
+                f"That `{recipe}`'s IG maps show what the model learned: they correlate with a randomised model's maps "
+                f"(mean Spearman {np.mean(rho):.2f} > {SPEARMAN_LIMIT}; the model-randomisation check, Adebayo et al. 2018)."
+            )
+        ig = float(np.mean([a["ig"]["region_mass"] for a in mine])) if mine else float("nan")
+        rnd = float(np.mean([a["randomised_model_ig"]["region_mass"] for a in mine])) if mine else float("nan")
+        if mine and ig <= rnd:
+            out.append(
+                f"That `{recipe}`'s IG points at the {mine[0]['region']} region: its attribution mass there ({ig:.3f}) is "
+                f"no higher than a randomised model's ({rnd:.3f})."
+            )
+    return out
 
 
 def plot_accuracy_vs_eps(cells: list[dict[str, Any]], recipes: list[str], path: Path) -> Path:
@@ -221,10 +253,11 @@ def _header(exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]])
         + (f"Equal budgets: {exp.budget.passes} optimiser passes over the training split for every regime (epochs per stage: "
            + "; ".join(f"{k}: {v}" for k, v in epochs.items()) + ")." if exp.budget else "Epochs as in the base config.")
         + f" Checkpoints selected on `{base.monitor}`.\n",
-        f"Robustness: per item the worst case over PGD-{r.pgd_steps} ({r.pgd_restarts} restarts, every iterate checked) "
-        f"and APGD-{r.apgd_loss.upper()} ({r.apgd_steps} steps), plus Square ({r.square_queries} queries) at the training ε "
-        f"on the first {r.n_square} items; headline budgets on every evaluation item, the ε grid and the sanity budgets "
-        f"on the first {r.n_grid}. The same items, in the same order, for every cell. Intervals: Wilson 95 % for "
+        f"Robustness: per item the worst case over PGD-{r.pgd_steps} ({r.pgd_restarts} restarts, every iterate checked), "
+        f"APGD-{r.apgd_loss.upper()} ({r.apgd_steps} steps) on the items PGD left standing, and Square "
+        f"({r.square_queries} queries) on those both left standing at the training ε among the first {r.n_square} items; "
+        f"headline budgets on every evaluation item, the ε grid and the sanity budgets on the first {r.n_grid}. "
+        "The same items, in the same order, for every cell. Intervals: Wilson 95 % for "
         "accuracies and recalls, class-stratified bootstrap for balanced accuracy and AUC.\n",
     ]  # fmt: skip
 
@@ -245,7 +278,7 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
              plot_training_curves(cells, recipes, folder / "training_curves.png"), ig_grid(exp, base, folder, cells)]  # fmt: skip
     lines = [
         *_header(exp, base, cells),
-        findings_markdown(found, {c["name"]: c["flags"] for c in cells}, notes),
+        findings_markdown(found, {c["name"]: c["flags"] for c in cells}, notes, attribution_caveats(cells, recipes)),
         "## Per recipe (pooled over runs; Wilson 95 % intervals)\n",
         markdown_table(summary, list(summary[0])),
         "\n## Attributions (mean over runs; each beside its controls)\n",

@@ -106,16 +106,25 @@ def comparisons(
     return [Comparison(**{**c.__dict__, "p_holm": p, "supported": r}) for c, p, r in zip(found, adjusted, rejected, strict=True)]
 
 
-def findings_markdown(found: Sequence[Comparison], flags: dict[str, list[str]], notes: Sequence[str] = ()) -> str:
-    """The report's opening section: what passed its test, what did not, and which cells are flagged."""
+def findings_markdown(
+    found: Sequence[Comparison], flags: dict[str, list[str]], notes: Sequence[str] = (), unsupported: Sequence[str] = ()
+) -> str:
+    """The report's opening section: what passed its test, what did not (the comparisons that failed and the
+    ``unsupported`` claims the data speak against, e.g. attributions failing their checks), which cells are
+    flagged, and ``notes``."""
     lines = ["## What these results support", ""]
     supported = [c for c in found if c.supported]
-    if supported:
+    if not found:
+        lines.append("- No comparison could be made: fewer than two regimes are finished.")
+    elif supported:
         lines += [f"- {c.sentence()}" for c in supported]
     else:
         lines.append("- No comparison between regimes passed its test (exact sign test, Holm-corrected, α = 0.05).")
     lines += ["", "### What they do not support", ""]
-    lines += [f"- {c.sentence()}" for c in found if not c.supported] or ["- (every comparison made was supported)"]
+    against = [f"- {c.sentence()}" for c in found if not c.supported] + [f"- {u}" for u in unsupported]
+    if not found:
+        against.insert(0, "- Any ranking of the regimes (none compared yet).")
+    lines += against or ["- (every comparison made was supported, and no check spoke against a claim)"]
     flagged = {cell: f for cell, f in flags.items() if f}
     if flagged:
         lines += ["", "### Cells whose numbers are not to be trusted", ""]

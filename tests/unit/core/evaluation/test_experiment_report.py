@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from robustdx.core.evaluation.experiment_report import (
+    attribution_caveats,
     attribution_rows,
     cell_row,
     plot_accuracy_vs_eps,
@@ -71,7 +72,26 @@ def test_attribution_rows_put_each_score_beside_its_controls() -> None:
     rows = attribution_rows([_cell("ce", 0, 0.5)], ["ce"])
     (row,) = rows
     assert row["IG mass in region"] == "0.400" and row["gradient mass"] == "0.200" and row["randomised-model IG mass"] == "0.100"
-    assert row["infidelity IG / gradient"] == "0.010 / 0.500"
+    assert row["infidelity IG / gradient"] == "0.01 / 0.5"
+    assert row["IG complete to 1 %"] == "0.900"
+
+
+def test_attribution_caveats_name_maps_that_fail_their_controls() -> None:
+    good = _cell("adv_ce", 0, 0.5)
+    bad = _cell("ce", 0, 0.5)
+    bad["attribution"] = {**bad["attribution"], "cascading": {"full_randomisation_spearman": 0.8},
+                          "randomised_model_ig": {"region_mass": 0.45, "pointing_game": {"value": 0.1}}}  # fmt: skip
+    caveats = attribution_caveats([good, bad], ["ce", "adv_ce"])
+    assert len(caveats) == 2 and all("`ce`" in c for c in caveats)
+    assert "Spearman 0.80 > 0.5" in caveats[0] and "(0.400) is no higher than a randomised model's (0.450)" in caveats[1]
+    assert attribution_caveats([good], ["adv_ce"]) == []
+
+
+def test_cell_row_says_what_apgd_and_square_broke_beyond_pgd() -> None:
+    cell = _cell("ce", 0, 0.5)
+    cell["robustness"]["budgets"][0].update(apgd_n=20, apgd_only_broken=3, square_n=16, square_only_broken=1)
+    row = cell_row(cell)
+    assert row["APGD breaks beyond PGD (train ε)"] == "3 of 20" and row["Square breaks beyond both"] == "1 (first 16)"
 
 
 def test_plots_are_drawn_without_pyplot_or_a_backend_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

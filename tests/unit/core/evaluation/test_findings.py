@@ -64,3 +64,11 @@ def test_nothing_supported_says_so() -> None:
     found = comparisons(same, ["ce", "adv_supcon_ft"], ["clean", "2/255"])
     assert len(found) == 2 and not any(c.supported for c in found)
     assert "No comparison between regimes passed its test" in findings_markdown(found, {})
+
+
+def test_no_comparison_yet_and_unsupported_claims_are_said() -> None:
+    text = findings_markdown([], {}, unsupported=["That `ce`'s IG maps show what the model learned"])
+    assert "No comparison could be made: fewer than two regimes are finished." in text
+    against = text.split("### What they do not support")[1]
+    assert "- Any ranking of the regimes (none compared yet)." in against and "`ce`'s IG maps" in against
+    assert "every comparison made was supported" not in text
