@@ -87,7 +87,7 @@ def summary_rows(cells: list[dict[str, Any]], recipes: list[str]) -> list[dict[s
             pooled = _pooled(mine, lambda c, lb=label: _k_n(_budget(c, lb)))
             row[f"robust@{label}"] = _fmt_p(pooled)
             values = [_budget(c, label)["robust_acc"]["value"] for c in mine]
-            row[f"robust@{label} sd over runs"] = f"{np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+            row[f"robust@{label} sd over runs"] = f"{np.std(values, ddof=1):.3f}" if len(values) > 1 else "— (one run)"
             for cls in range(len(mine[0]["test"]["recall"])):
                 row[f"robust recall class {cls} @{label}"] = _fmt_p(_pooled(mine, lambda c, lb=label, k=cls: _recall(c, lb, k)))
         row["flagged runs"] = sum(bool(c["flags"]) for c in mine)
@@ -270,6 +270,12 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
     chance = [c["name"] for c in cells if not c["test"]["better_than_chance"]]
     if chance:
         notes.append(f"Not better than chance (balanced-accuracy interval contains 0.5): {', '.join(chance)}.")
+    single = [r for r in recipes if sum(c["recipe"] == r for c in cells) < 2 and exp.folds is None]
+    if single:
+        notes.append(
+            f"One run of {', '.join(single)}: a comparison involving them says that these trained models differ on these "
+            "items, not that the regimes would differ on another training seed (training variance is not measured yet)."
+        )
     rows, summary, attr = [cell_row(c) for c in cells], summary_rows(cells, recipes), attribution_rows(cells, recipes)
     write_csv(folder / "results.csv", rows)
     write_csv(folder / "summary.csv", summary)

@@ -60,6 +60,7 @@ def test_summary_pools_runs_with_wilson_intervals() -> None:
     assert [r["recipe"] for r in rows] == ["adv_ce", "ce"]
     ce = rows[1]
     assert ce["runs"] == 2 and ce["flagged runs"] == 1
+    assert rows[0]["robust@2/255 sd over runs"] == "— (one run)" and ce["robust@2/255 sd over runs"] != "— (one run)"
     k = sum(c["robustness"]["budgets"][0]["robust_acc"]["k"] for c in cells[:2])
     want = proportion(k, 2 * N)
     assert ce["robust@2/255"] == f"{want.value:.3f} [{want.lo:.3f}, {want.hi:.3f}]"
