@@ -16,11 +16,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from robustdx.core.util import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -38,16 +39,6 @@ def out_path(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out)
     return (QUICK_RESULTS if args.quick else RESULTS) / f"{args._benchmark}.json"
-
-
-def git_commit() -> str:
-    """The commit measured, with ``+dirty`` when tracked files differ from it ("unknown" outside git)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
-        return sha + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, Any]:
@@ -69,7 +60,7 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], load_before: 
     result = {
         **result,
         "quick": bool(args.quick),
-        "commit": git_commit(),
+        "commit": git_commit(REPO),
         "machine": machine(),
         "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()),

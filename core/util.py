@@ -11,6 +11,7 @@ import csv
 import os
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def git_commit(repo: Path) -> str:
+    """The commit checked out in ``repo``, with ``+dirty`` when tracked files differ from it (``unknown`` outside
+    git): what a benchmark result or an experiment cell was measured with."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def seed_everything(seed: int) -> None:

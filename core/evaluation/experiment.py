@@ -51,7 +51,7 @@ from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
 from robustdx.core.training.recipes import RECIPES, run_recipe
 from robustdx.core.training.strategies import create_strategy
-from robustdx.core.util import atomic_write_bytes, resolve_device
+from robustdx.core.util import atomic_write_bytes, git_commit, resolve_device
 
 Log = Callable[[str], None]
 
@@ -292,7 +292,7 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
 
 
 def run_environment() -> dict[str, str]:
-    """Where and from which code a cell ran: the git commit (``-dirty`` with uncommitted changes to tracked
+    """Where and from which code a cell ran: the git commit (``+dirty`` with uncommitted changes to tracked
     files), the device, versions and threads (a cell's timings and floating-point details depend on them)."""
     device = resolve_device("auto")
     return {
@@ -304,18 +304,9 @@ def run_environment() -> dict[str, str]:
 
 @functools.cache
 def _git_commit() -> str:
-    """HEAD of the repository this process runs in (``unknown`` outside a git checkout), read once per
-    process: the code a process runs is what it imported, so a commit made while it runs is not its code."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The commit of this project's checkout (not of the working directory), read once per process: the code a
+    process runs is what it imported, so a commit made while it runs is not its code."""
+    return git_commit(Path(__file__).resolve().parents[2])
 
 
 def _print_log(message: str) -> None:

@@ -150,15 +150,17 @@ def attribution_caveats(cells: list[dict[str, Any]], recipes: list[str]) -> list
     out = []
     for recipe in recipes:
         mine = [c["attribution"] for c in cells if c["recipe"] == recipe]
+        if not mine:
+            continue
         rho = [v for a in mine if (v := (a.get("cascading") or {}).get("full_randomisation_spearman")) is not None]
         if rho and float(np.mean(rho)) > SPEARMAN_LIMIT:
             out.append(
                 f"That `{recipe}`'s IG maps show what the model learned: they correlate with a randomised model's maps "
                 f"(mean Spearman {np.mean(rho):.2f} > {SPEARMAN_LIMIT}; the model-randomisation check, Adebayo et al. 2018)."
             )
-        ig = float(np.mean([a["ig"]["region_mass"] for a in mine])) if mine else float("nan")
-        rnd = float(np.mean([a["randomised_model_ig"]["region_mass"] for a in mine])) if mine else float("nan")
-        if mine and ig <= rnd:
+        ig = float(np.mean([a["ig"]["region_mass"] for a in mine]))
+        rnd = float(np.mean([a["randomised_model_ig"]["region_mass"] for a in mine]))
+        if ig <= rnd:
             out.append(
                 f"That `{recipe}`'s IG points at the {mine[0]['region']} region: its attribution mass there ({ig:.3f}) is "
                 f"no higher than a randomised model's ({rnd:.3f})."

@@ -70,7 +70,7 @@ def square_on_survivors(model: nn.Module, x: Tensor, y: Tensor, eps: float, stan
     return on_survivors(attack, x, y, standing, cfg.batch_size)
 
 
-def on_survivors(attack: Any, x: Tensor, y: Tensor, standing: Tensor, batch: int) -> Outcome:
+def on_survivors(attack: Callable[[Tensor, Tensor, int], Outcome], x: Tensor, y: Tensor, standing: Tensor, batch: int) -> Outcome:
     """``attack`` (batched) on the ``standing`` items only; the others come back un-fooled at their clean
     point with no evaluations spent."""
     idx = standing.nonzero().flatten()

@@ -107,7 +107,7 @@ def test_cross_validation_tests_every_image_once(busi_root: Path, tmp_path: Path
     cells = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
     assert [c["fold"] for c in cells] == [0, 1]
     assert all(c["environment"]["device"] and c["environment"]["torch"] for c in cells)
-    assert all(re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", c["environment"]["commit"]) for c in cells)  # the code it ran
+    assert all(re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", c["environment"]["commit"]) for c in cells)  # the code it ran
     ids = [i for c in cells for i in c["items"]]
     assert len(ids) == len(set(ids)) == 50, "the folds' test items partition the data set"
     assert "not better than chance" in (folder / "report.md").read_text().lower() or all(

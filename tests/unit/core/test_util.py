@@ -7,6 +7,7 @@ import csv
 import json
 import random
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from robustdx.core.util import (
     atomic_write_bytes,
     epoch_seed,
     free_port,
+    git_commit,
     jsonable,
     markdown_table,
     resolve_device,
@@ -117,3 +119,20 @@ def test_wait_until_times_out_naming_what_it_waited_for() -> None:
     with pytest.raises(TimeoutError, match="waiting for the model server"):
         wait_until(lambda: False, timeout=0.2, what="the model server", interval=0.05)
     assert 0.2 <= time.monotonic() - t0 < 5
+
+
+def test_git_commit_is_the_checkout_of_the_folder_given_with_dirty_marked(tmp_path: Path) -> None:
+    assert git_commit(tmp_path) == "unknown"  # not a repository
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    (repo / "a.txt").write_text("1")
+    subprocess.run(["git", "add", "a.txt"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "one"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit(repo) == head
+    (repo / "b.txt").write_text("untracked files do not count")
+    assert git_commit(repo) == head
+    (repo / "a.txt").write_text("2")
+    assert git_commit(repo) == head + "+dirty"
