@@ -244,7 +244,7 @@ def evaluate_cell(
     started = time.perf_counter()
     attribution = attribution_scores(model, data, cfg, exp)
     attribution["seconds"] = time.perf_counter() - started
-    log(f"attributions ({exp.attribution.n_images} images, with their controls): {attribution['seconds']:.0f} s")
+    log(f"attributions ({attribution['n']} images, with their controls): {attribution['seconds']:.0f} s")
     return {
         "items": data.ids,
         "labels": data.y.cpu().tolist(),

@@ -59,10 +59,14 @@ class Comparison:
         )
 
 
-def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[int, float]:
-    """Per evaluation item (dataset index), how often ``recipe`` got it right across its cells (seeds or folds):
-    ``key`` is ``"clean"`` or a budget label."""
-    scores: dict[int, float] = {}
+def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[int | str, float]:
+    """Per evaluation item, the share of ``recipe``'s cells scoring it that got it right: ``key`` is ``"clean"``
+    or a budget label. Seeds score the same items, so an item's share is over the seeds; under cross-validation
+    each fold scores its own items, so the share is over the cells of that item's fold, not over every cell
+    of the recipe. Items are keyed by the id the cell recorded: the test-split index (an int) for a fixed
+    split, ``"f<fold>:<index>"`` under cross-validation, where indices repeat across folds."""
+    right: dict[int | str, float] = {}
+    runs: dict[int | str, int] = {}
     for cell in (c for c in cells if c["recipe"] == recipe):
         if key == "clean":
             outcomes = cell["robustness"]["clean_items"]
@@ -72,8 +76,9 @@ def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[
                 continue
             outcomes = rec["robust_items"]
         for item, ok in zip(cell["items"], outcomes, strict=False):
-            scores[int(item)] = scores.get(int(item), 0.0) + float(ok)
-    return scores
+            right[item] = right.get(item, 0.0) + float(ok)
+            runs[item] = runs.get(item, 0) + 1
+    return {item: right[item] / runs[item] for item in right}
 
 
 def compare(cells: Sequence[dict[str, Any]], a: str, b: str, key: str, seed: int = 0) -> Comparison | None:
@@ -82,10 +87,8 @@ def compare(cells: Sequence[dict[str, Any]], a: str, b: str, key: str, seed: int
     shared = sorted(set(sa) & set(sb))
     if not shared:
         return None
-    runs_a = sum(c["recipe"] == a for c in cells) or 1
-    runs_b = sum(c["recipe"] == b for c in cells) or 1
-    xa = np.array([sa[i] / runs_a for i in shared])  # per item: the share of runs that got it right
-    xb = np.array([sb[i] / runs_b for i in shared])
+    xa = np.array([sa[i] for i in shared])  # per item: the share of runs that got it right
+    xb = np.array([sb[i] for i in shared])
     t = exact_sign_test(xa, xb, seed=seed)
     return Comparison(
         key, a, b, len(shared), t["mean_a"], t["mean_b"], t["difference"], tuple(t["difference_ci"]), t["a_better"],

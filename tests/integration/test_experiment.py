@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -71,6 +72,7 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
         assert 0 <= acc["lo"] <= acc["value"] <= acc["hi"] <= 1
         assert all(r <= c for r, c in zip(b["robust_items"], ce["robustness"]["clean_items"], strict=False))
     assert "square_only_broken" in head[0] and ce["attribution"]["n"] == 4
+    assert sum("attributions (4 images, with their controls)" in m for m in log) == 4  # the count attributed, not the cap
 
     before = (folder / "results.csv").read_text()
     log.clear()
@@ -98,14 +100,19 @@ def test_cross_validation_tests_every_image_once(busi_root: Path, tmp_path: Path
     raw["data"].update(dataset="busi", root=str(busi_root), image_size=16)
     raw["pretrain"]["class_weights"] = "balanced"
     over = {**TINY, "robustness": {**TINY["robustness"], "n_items": None}}
-    exp, base = load_experiment(_experiment(tmp_path, raw, recipes=["ce"], seeds=[0], folds=2, **over))
+    exp, base = load_experiment(_experiment(tmp_path, raw, recipes=["ce", "adv_ce"], seeds=[0], folds=2, **over))
     log: list[str] = []
-    run_experiment(exp, base, log=log.append, workers=2)  # the folds in two processes at once
-    assert "2 cells to run in 2 worker processes" in log[0]
-    assert sorted(m.split(":")[0] for m in log if "finished (" in m) == ["ce-s0-f0", "ce-s0-f1"]
+    run_experiment(exp, base, log=log.append, workers=2)  # the cells in two processes at once
+    assert "4 cells to run in 2 worker processes" in log[0]
+    finished = sorted(m.split(":")[0] for m in log if "finished (" in m)
+    assert finished == ["adv_ce-s0-f0", "adv_ce-s0-f1", "ce-s0-f0", "ce-s0-f1"]
     folder = tmp_path / "reports" / "tiny"
-    cells = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("*.json"))]
+    cells = [json.loads(p.read_text()) for p in sorted((folder / "cells").glob("ce-*.json"))]
     assert [c["fold"] for c in cells] == [0, 1]
+    pooled_ce = np.mean([ok for c in cells for ok in c["robustness"]["clean_items"]])
+    clean = next(c for c in csv.DictReader(open(folder / "comparisons.csv")) if c["metric"] == "clean")
+    assert (clean["a"], clean["b"], clean["n"]) == ("adv_ce", "ce", "50"), "paired over both folds' items"
+    assert float(clean["mean_b"]) == pytest.approx(pooled_ce), "each item scored by its own fold's cell"
     assert all(c["environment"]["device"] and c["environment"]["torch"] for c in cells)
     assert all(re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", c["environment"]["commit"]) for c in cells)  # the code it ran
     ids = [i for c in cells for i in c["items"]]

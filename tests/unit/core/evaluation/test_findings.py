@@ -30,10 +30,12 @@ def cells() -> list[dict]:
     ]
 
 
-def test_item_scores_count_the_runs_that_got_each_item_right() -> None:
+def test_item_scores_are_the_share_of_runs_that_got_each_item_right() -> None:
     scores = item_scores(cells(), "adv_supcon_ft", "2/255")
-    assert set(scores) == set(range(N)) and set(scores.values()) <= {0.0, 3.0}
-    assert item_scores(cells(), "ce", "clean") == dict.fromkeys(range(N), 3.0)
+    assert set(scores) == set(range(N)) and set(scores.values()) <= {0.0, 1.0}
+    assert item_scores(cells(), "ce", "clean") == dict.fromkeys(range(N), 1.0)
+    two_of_three = [cell("ce", s, np.full(N, int(s < 2))) for s in range(3)]
+    assert item_scores(two_of_three, "ce", "2/255") == dict.fromkeys(range(N), 2 / 3)
 
 
 def test_a_clear_difference_is_supported_and_a_tiny_one_is_not() -> None:
@@ -57,6 +59,20 @@ def test_only_shared_items_are_compared() -> None:
     assert compare([a, b], "adv_supcon_ft", "ce", "2/255") is None
     c = compare([a, cell("adv_supcon_ft", 0, np.zeros(N, dtype=int))], "adv_supcon_ft", "ce", "2/255")
     assert c is not None and c.n == N and c.b_better == N and c.p_value < 1e-10
+
+
+def test_cross_validation_items_are_paired_by_fold_and_index() -> None:
+    """Under k-fold cross-validation a cell's items are "f<fold>:<index>": index 3 of fold 0 and of fold 1 are
+    different images, and each fold pairs its recipes on its own items."""
+    ids = {f: np.array([f"f{f}:{i}" for i in range(N)]) for f in (0, 1)}
+    wrong_on_fold_1 = [cell("ce", 0, np.ones(N, dtype=int), items=ids[0]), cell("ce", 0, np.zeros(N, dtype=int), items=ids[1])]
+    right = [cell("adv_supcon_ft", 0, np.ones(N, dtype=int), items=ids[f]) for f in (0, 1)]
+    assert item_scores(wrong_on_fold_1, "ce", "2/255") == {**dict.fromkeys(ids[0], 1.0), **dict.fromkeys(ids[1], 0.0)}
+    c = compare(wrong_on_fold_1 + right, "adv_supcon_ft", "ce", "2/255")
+    assert c is not None and c.n == 2 * N and (c.a_better, c.b_better) == (N, 0)
+    assert (c.mean_a, c.mean_b) == (1.0, 0.5)  # each item scored once: not divided by the recipe's two cells
+    half = compare(wrong_on_fold_1 + right[:1], "adv_supcon_ft", "ce", "2/255")  # a fold not finished yet
+    assert half is not None and half.n == N and half.a_better == half.b_better == 0 and half.mean_b == 1.0
 
 
 def test_nothing_supported_says_so() -> None:
