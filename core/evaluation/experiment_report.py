@@ -272,11 +272,13 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
     chance = [c["name"] for c in cells if not c["test"]["better_than_chance"]]
     if chance:
         notes.append(f"Not better than chance (balanced-accuracy interval contains 0.5): {', '.join(chance)}.")
-    single = [r for r in recipes if sum(c["recipe"] == r for c in cells) < 2 and exp.folds is None]
+    single = [r for r in recipes if len({c["seed"] for c in cells if c["recipe"] == r}) < 2]
     if single:
+        per = " (one model per fold)" if exp.folds else ""
         notes.append(
-            f"One run of {', '.join(single)}: a comparison involving them says that these trained models differ on these "
-            "items, not that the regimes would differ on another training seed (training variance is not measured yet)."
+            f"One training seed of {', '.join(single)}{per}: a comparison involving them says that these trained models "
+            "differ on these items, not that the regimes would differ on another training seed (training variance is "
+            "not measured yet)."
         )
     rows, summary, attr = [cell_row(c) for c in cells], summary_rows(cells, recipes), attribution_rows(cells, recipes)
     write_csv(folder / "results.csv", rows)

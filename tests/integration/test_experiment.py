@@ -86,7 +86,9 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     shutil.rmtree(bundles[0])  # records outlive run folders (a copied report): the IG grid plots what is left
     (folder / "ig_grid.png").unlink()
     run_experiment(exp, base, report_only=True)
-    assert "Partial report: 3 of 4 cells finished** (missing: ce-s1)" in (folder / "report.md").read_text()
+    partial = (folder / "report.md").read_text()
+    assert "Partial report: 3 of 4 cells finished** (missing: ce-s1)" in partial
+    assert "One training seed of ce: a comparison involving them" in partial and "One training seed" not in text
     assert (folder / "ig_grid.png").stat().st_size > 1000
     assert len(list(csv.DictReader(open(folder / "results.csv")))) == 3
     for cell in (folder / "cells").glob("*.json"):
@@ -113,6 +115,7 @@ def test_cross_validation_tests_every_image_once(busi_root: Path, tmp_path: Path
     clean = next(c for c in csv.DictReader(open(folder / "comparisons.csv")) if c["metric"] == "clean")
     assert (clean["a"], clean["b"], clean["n"]) == ("adv_ce", "ce", "50"), "paired over both folds' items"
     assert float(clean["mean_b"]) == pytest.approx(pooled_ce), "each item scored by its own fold's cell"
+    assert "One training seed of ce, adv_ce (one model per fold)" in (folder / "report.md").read_text()
     assert all(c["environment"]["device"] and c["environment"]["torch"] for c in cells)
     assert all(re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", c["environment"]["commit"]) for c in cells)  # the code it ran
     ids = [i for c in cells for i in c["items"]]
