@@ -54,6 +54,8 @@ class GridConfig:
         tol: completeness error (a fraction of ``f(x) − f(b)``) above which a map's title says so.
         n_steps: Gauss–Legendre points of IG (the scored maps' rule by default).
         class_names: names of the classes for the titles (None: the class indices).
+        seed: seed of the attack's random start, so the same models draw the same figure (a committed report's
+            figure changes only when its models do); the caller's RNG is left where it was.
     """
 
     attack: AttackConfig
@@ -62,6 +64,7 @@ class GridConfig:
     tol: float = 0.01
     n_steps: int = SCORING_STEPS
     class_names: Sequence[str] | None = None
+    seed: int = 0
 
 
 class ColourScale(NamedTuple):
@@ -193,8 +196,11 @@ class _GridCell:
 
 def _grid_cells(model: nn.Module, x: Tensor, y: Tensor, config: GridConfig, mode: GridTarget) -> list[_GridCell]:
     """Clean and PGD-attacked inputs of one model with their predictions and IG maps."""
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        torch.manual_seed(config.seed)
+        attacked = attack_ce(model, x, y, config.attack)
     cells = []
-    for kind, img in (("clean", x), ("PGD", attack_ce(model, x, y, config.attack))):
+    for kind, img in (("clean", x), ("PGD", attacked)):
         pred, conf = _predict(model, img)
         tgt = y if mode == GridTarget.LABEL else pred
         res = integrated_gradients(model, img, target=tgt, baseline=config.baseline, n_steps=config.n_steps)

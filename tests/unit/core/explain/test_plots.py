@@ -63,6 +63,10 @@ def test_save_attack_grid_png(tmp_path: Path) -> None:
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1] > 100  # 2 rows x (2 images x 4 panels)
     assert all(not m.training for m in models.values())
+    state = torch.random.get_rng_state()
+    again = save_attack_grid(models, x, y, tmp_path / "again.png", grid)
+    assert again.read_bytes() == out.read_bytes(), "the attack's random start is seeded: same models, same figure"
+    assert torch.equal(torch.random.get_rng_state(), state), "the caller's RNG is not moved"
     with pytest.raises(ValueError, match="models is empty"):
         save_attack_grid({}, x, y, tmp_path / "empty.png", GridConfig(attack=AttackConfig()))
     with pytest.raises(ValueError, match=r"'pred'.*label, predicted"):
