@@ -110,6 +110,13 @@ def _extras(h: dict[str, Any]) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
+def _ratio_met(h: dict[str, Any]) -> bool:
+    """Whether the ratio meets its own goal (``">= 3x"``). ``h["met"]`` also needs every ``requires_*``, which
+    the line lists one by one, so a ratio over its goal is not called missed because another goal was."""
+    m = re.fullmatch(r">= ([0-9.]+)x", str(h["goal"]))
+    return bool(h["ratio"] >= float(m[1])) if m else bool(h["met"])
+
+
 def benchmarks() -> str:
     lines = []
     for path in sorted(RESULTS.glob("*.json")):
@@ -117,7 +124,6 @@ def benchmarks() -> str:
         h = d.get("headline") or _legacy_headline(path.stem, d)
         if h is None:
             continue
-        verdict = "met" if h["met"] else "**missed**"
         if "goals" in h:  # absolute goals (no baseline to divide by)
             parts = "; ".join(
                 f"{g['name']} {g['value']:.4g}{(' ' + g['unit']) if g['unit'] else ''} (goal {g['goal']}: "
@@ -126,6 +132,7 @@ def benchmarks() -> str:
             )
             lines.append(f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: {parts}.")
             continue
+        verdict = "met" if _ratio_met(h) else "**missed**"
         lines.append(
             f"- `{path.relative_to(REPO)}` ({_commit(d)}): {h['what']}: **{h['ratio']:.2f}x** against {h['baseline']}; "
             f"goal {h['goal']}: {verdict}{_extras(h)}."

@@ -55,6 +55,14 @@ def test_every_benchmark_result_is_rendered_with_its_commit(tmp_path: Path) -> N
     assert "commit `0123456789`" in line and "`make test` 20.5 min (698 passed, 2 skipped" in line
 
 
+def test_a_ratio_over_its_goal_is_met_even_when_another_goal_is_missed() -> None:
+    figures = _figures()
+    h = {"ratio": 3.24, "goal": ">= 3x", "met": False, "requires_rss_slope_lt_1mb": False}
+    assert figures._ratio_met(h) and not figures._ratio_met({**h, "ratio": 2.9})
+    assert figures._extras(h) == "; rss slope lt 1mb: **missed**"
+    assert not figures._ratio_met({"ratio": 5.0, "goal": "same best score (ratio 1.00)", "met": False})
+
+
 def test_an_unknown_figure_block_is_an_error() -> None:
     with pytest.raises(KeyError, match="no renderer"):
         _figures().render("<!-- figure:nonsense -->x<!-- /figure -->")
