@@ -13,9 +13,12 @@ generator is an asyncio client with ``--concurrency`` requests in flight, one PN
   service formed (its mean, rounded), timed in this process between the runs; the goal being that the
   service's batched images/s reach at least 70 % of it.
 * **Memory**: after the throughput runs, ``--rss-requests`` (20,000) more requests on the batching server,
-  the worker's RSS read every 1,000 (the same pid checked each time); the least-squares slope after the
-  first quarter must be below 1 MB per 1,000 requests. The servers run with ``ROBUSTDX_MALLOC_TRIM_SECONDS=0``
-  so the goal cannot be met by a timed heap trim.
+  sent 1,000 at a time; after each 1,000, once every answer is in and ``--settle-seconds`` have passed, the
+  worker's RSS is read (the same pid checked each time). The least-squares slope after the first quarter must
+  be below 1 MB per 1,000 requests. Reading with nothing in flight measures what the service keeps, not the
+  activations of the batch being computed at that instant (read mid-load, the samples jumped by up to 40 MB
+  either way). The servers run with ``ROBUSTDX_MALLOC_TRIM_SECONDS=0`` so the goal cannot be met by a timed
+  heap trim.
 
 Settings are fixed here (defaults below); the model is a ResNet-18 at 96 px with random weights (serving
 cost does not depend on the weights' values). Results: ``benchmarks/results/serve_load.json``.
@@ -79,10 +82,8 @@ def images(n: int, size: int) -> list[bytes]:
     return out
 
 
-async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_seconds: float, every: int = 0,
-               on_every: Any = None) -> dict[str, Any]:  # fmt: skip
-    """Send ``n`` one-image /predict requests with ``concurrency`` in flight (or stop at ``max_seconds``);
-    ``on_every()`` is called after every ``every`` completed requests."""
+async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+    """Send ``n`` one-image /predict requests with ``concurrency`` in flight (or stop at ``max_seconds``)."""
     lat: list[float] = []
     codes: dict[int | str, int] = {}
     issued = 0
@@ -103,8 +104,6 @@ async def load(url: str, pngs: list[bytes], n: int, concurrency: int, max_second
                     code = type(err).__name__
                 lat.append(time.perf_counter() - t0)
                 codes[code] = codes.get(code, 0) + 1
-                if every and len(lat) % every == 0:
-                    on_every()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -166,6 +165,27 @@ def rss_slope(samples: list[tuple[int, int]]) -> float:
     return float(np.polyfit(xs, ys, 1)[0]) if len(tail) >= 2 else float("nan")
 
 
+def memory_run(server: Server, pngs: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    """``args.rss_requests`` requests, 1,000 at a time, the worker's RSS read before the first and after each
+    1,000 once nothing is in flight (``args.settle_seconds`` after the last answer)."""
+    samples: list[tuple[int, int]] = []
+    pids: set[int] = set()
+    codes: dict[str, int] = {}
+    done = 0
+    while True:
+        time.sleep(args.settle_seconds)
+        rss = worker_rss(server)
+        pids.add(rss["worker_pid"])
+        samples.append((done, rss["worker_rss"]))
+        if done >= args.rss_requests:
+            break
+        res = asyncio.run(load(server.url, pngs, min(1000, args.rss_requests - done), args.concurrency, args.max_seconds))
+        done += res["requests"]
+        for code, k in res["status_codes"].items():
+            codes[code] = codes.get(code, 0) + k
+    return {"requests": done, "status_codes": codes, "samples": samples, "pids": pids}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18", help="Architecture of the random-weight bundle.")
@@ -173,6 +193,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1_500, help="Requests per timed run.")
     ap.add_argument("--runs", type=int, default=3, help="Timed runs per side (interleaved).")
     ap.add_argument("--rss-requests", type=int, default=20_000, help="Requests of the memory run (RSS every 1,000).")
+    ap.add_argument("--settle-seconds", type=float, default=1.0, help="Idle time before each RSS reading.")
     ap.add_argument("--warmup", type=int, default=200, help="Warm-up requests per server (not timed).")
     ap.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
     ap.add_argument("--max-batch-size", type=int, default=32)
@@ -182,7 +203,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.arch, args.size, args.requests, args.runs, args.rss_requests = "test_cnn", 32, 40, 1, 3_000
-        args.warmup, args.concurrency, args.bare_seconds, args.max_seconds = 4, 4, 0.5, 120.0
+        args.warmup, args.concurrency, args.bare_seconds, args.max_seconds, args.settle_seconds = 4, 4, 0.5, 120.0, 0.1
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         # One BentoML home per server: servers sharing a home share its Prometheus multiprocess
@@ -231,16 +252,8 @@ def main() -> None:
                 batch = max(1, round(statistics.median(x["mean_batch_size"] for x in runs["batching"])))
                 bare.append(bare_throughput(bundle, batch, args.size, args.bare_seconds))
                 print(f"[run {r + 1}/{args.runs}] bare model at batch {batch}: {bare[-1]:.1f} images/s", flush=True)
-            samples: list[tuple[int, int]] = []
-            pids: set[int] = set()
-
-            def sample() -> None:
-                rss = worker_rss(on)
-                pids.add(rss["worker_pid"])
-                samples.append((len(samples) * 1000, rss["worker_rss"]))
-
-            sample()  # at 0 requests of the memory run
-            memory = asyncio.run(load(on.url, pngs, args.rss_requests, args.concurrency, args.max_seconds * 4, 1000, sample))
+            memory = memory_run(on, pngs, args)
+            samples, pids = memory.pop("samples"), memory.pop("pids")
     tput = {name: spread([x["throughput_rps"] for x in rs]) for name, rs in runs.items()}
     overhead = tput["batching"]["median"] / statistics.median(bare)
     slope = rss_slope(samples)
