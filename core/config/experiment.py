@@ -24,12 +24,18 @@ class SuiteConfig(Strict):
     )
     grid_eps: tuple[PixelBudget, ...] = Field((1 / 255, 2 / 255, 4 / 255, 8 / 255), description="The rest of the ε grid.")
     sanity_eps: tuple[PixelBudget, ...] = Field(
-        (16 / 255, 64 / 255), description="Budgets no classifier of [0, 1] images survives: accuracy there must be ≈ 0."
+        (16 / 255, 64 / 255),
+        description="Budgets far beyond the training ε that a model is not expected to survive: accuracy there should be ≈ 0.",
     )
     sanity_max_acc: float = Field(0.05, ge=0, le=1, description="Robust accuracy above this at a sanity budget flags the cell.")
     n_items: int | None = Field(None, ge=1, description="Evaluation items (a seeded permutation of the test split); None: all.")
     n_grid: int = Field(300, ge=1, description="Items of the ε grid and the sanity points: the first of the evaluation items.")
     n_square: int = Field(200, ge=0, description="Items Square attacks at the training ε: the first of the evaluation items.")
+    square_sanity: bool = Field(
+        True,
+        description="Square also on what the gradient attacks leave standing at the sanity budgets (few items): says "
+        "whether a sanity flag is the gradient attacks failing or items no attack breaks.",
+    )
     square_queries: int = Field(1000, ge=1, description="Queries per item of the Square attack.")
     square_p_init: float = Field(0.8, gt=0, le=1, description="Initial fraction of pixels a Square window covers.")
     square_tol: float = Field(

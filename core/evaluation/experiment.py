@@ -45,7 +45,7 @@ from robustdx.core.data import Splits, build_splits
 from robustdx.core.data.base import ImageDataset
 from robustdx.core.evaluation import metrics as ev
 from robustdx.core.evaluation import statistics as st
-from robustdx.core.evaluation.suite import evaluation_items, run_suite
+from robustdx.core.evaluation.suite import add_sanity_square, evaluation_items, run_suite, square_items
 from robustdx.core.explain import quality
 from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
@@ -265,10 +265,12 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
     recipe, seed, fold = cell
     name = cell_name(recipe, seed, fold)
     out = cell_file(exp, cell)
-    if out.is_file():
-        log(f"{name}: done before, skipped")
-        return json.loads(out.read_text())
     cfg = cell_config(base, exp, recipe, seed, fold)
+    if out.is_file():
+        record = json.loads(out.read_text())
+        if not complete_cell(record, cfg, exp, out, log):
+            log(f"{name}: done before, skipped")
+        return record
     environment = run_environment()  # read before training: the commit whose code this process runs
     log(f"{name}: training ({', '.join(f'{k} {getattr(cfg, k).epochs} epochs' for _, k in RECIPES[recipe])})")
     t0 = time.perf_counter()
@@ -289,6 +291,46 @@ def run_cell(exp: ExperimentConfig, base: RunConfig, cell: tuple[Recipe, int, in
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, lambda p: p.write_text(json.dumps(record, indent=1, default=float)))
     return record
+
+
+def complete_cell(record: dict[str, Any], cfg: RunConfig, exp: ExperimentConfig, out: Path, log: Log) -> bool:
+    """Bring a cell finished under an older protocol up to this one where no retraining is needed — Square at the
+    sanity budgets (:func:`~robustdx.core.evaluation.suite.add_sanity_square`) — and rewrite its record ``out``; False
+    when there was nothing to add, or its bundle is gone (then the record is kept as it is, and the log says so).
+
+    Raises:
+        ValueError: the evaluation items differ from the record's (the data or its split changed).
+    """
+    from robustdx.core.release.bundle import load_bundle
+
+    r, eps = exp.robustness, float(cfg.attack.eps)
+    if not any(
+        b["role"] == "sanity" and "square_n" not in b and square_items("sanity", b["eps"], eps, b["n"], r)
+        for b in record["robustness"]["budgets"]
+    ):
+        return False
+    bundle = cfg.run_dir / "bundle"
+    if not bundle.is_dir():
+        log(f"{record['name']}: done before; its bundle ({bundle}) is gone, so Square at the sanity budgets was not added")
+        return False
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = evaluation_data(build_splits(cfg.data), cfg, r.n_items, device)
+    if data.ids != record["items"]:
+        raise ValueError(f"{record['name']}: the evaluation items differ from the record's: was the data or its split changed?")
+    model = load_bundle(bundle).model.to(device).eval()
+    add_sanity_square(record["robustness"], model, data.x, data.y, eps, r, cfg.model.num_classes)
+    record["flags"] = record["robustness"]["flags"]
+    record["completed"] = {"what": "Square at the sanity budgets", "seconds": time.perf_counter() - started,
+                           "environment": run_environment()}  # fmt: skip
+    atomic_write_bytes(out, lambda p: p.write_text(json.dumps(record, indent=1, default=float)))
+    for b in record["robustness"]["budgets"]:
+        if b["role"] == "sanity" and "square_attacked" in b:
+            log(
+                f"{record['name']}: done before; Square at eps={b['eps_label']} broke {b['square_only_broken']} of the "
+                f"{b['square_attacked']} items the gradient attacks left: robust {b['robust_acc']['value']:.3f}"
+            )
+    return True
 
 
 def run_environment() -> dict[str, str]:

@@ -53,7 +53,7 @@ def cell_row(cell: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
     for b in cell["robustness"]["budgets"]:
         row[f"robust@{b['eps_label']}"] = _fmt_p(b["robust_acc"])
-    train = next((b for b in cell["robustness"]["budgets"] if "square_n" in b), None)  # the training ε
+    train = next((b for b in cell["robustness"]["budgets"] if "square_n" in b and b["role"] != "sanity"), None)  # the training ε
     if train is not None and "apgd_n" in train:
         row["APGD breaks beyond PGD (train ε)"] = f"{train['apgd_only_broken']} of {train['apgd_n']}"
         row["Square breaks beyond both"] = f"{train['square_only_broken']} (first {train['square_n']})"
@@ -257,8 +257,9 @@ def _header(exp: ExperimentConfig, base: RunConfig, cells: list[dict[str, Any]])
         + f" Checkpoints selected on `{base.monitor}`.\n",
         f"Robustness: per item the worst case over PGD-{r.pgd_steps} ({r.pgd_restarts} restarts, every iterate checked), "
         f"APGD-{r.apgd_loss.upper()} ({r.apgd_steps} steps) on the items PGD left standing, and Square "
-        f"({r.square_queries} queries) on those both left standing at the training ε among the first {r.n_square} items; "
-        f"headline budgets on every evaluation item, the ε grid and the sanity budgets on the first {r.n_grid}. "
+        f"({r.square_queries} queries) on those both left standing at the training ε among the first {r.n_square} items"
+        + (" and at the sanity budgets" if r.square_sanity else "")
+        + f"; headline budgets on every evaluation item, the ε grid and the sanity budgets on the first {r.n_grid}. "
         "The same items, in the same order, for every cell. Intervals: Wilson 95 % for "
         "accuracies and recalls, class-stratified bootstrap for balanced accuracy and AUC.\n",
     ]  # fmt: skip

@@ -9,8 +9,11 @@ Why this shape (the science issue; Carlini et al. 2019, "On evaluating adversari
 * **the worst case over attacks** — an item counts as robust only if PGD (every iterate checked, restarts),
   APGD (no step size to get wrong) and, where it runs, the gradient-free Square attack all fail on it;
 * **attacks that can expose gradient masking** — Square beating the gradient attacks on the same items, robust
-  accuracy not falling with ε, or accuracy above ≈ 0 at budgets no classifier survives (16/255, 64/255 on
-  [0, 1] images) flag the cell;
+  accuracy not falling with ε, or accuracy above ≈ 0 at sanity budgets far beyond the training ε (16/255,
+  64/255 on [0, 1] images) flag the cell. Square also runs on whatever the gradient attacks leave standing at
+  the sanity budgets (few items, so cheap): a sanity flag then says whether a gradient-free attack breaks
+  what they could not (the gradient attacks are failing) or nothing does (the model resists the budget, or
+  every attack fails);
 * **intervals on every number** — Wilson intervals for accuracies and per-class recalls (they do not
   collapse at 0 the way a percentile bootstrap does).
 
@@ -92,15 +95,10 @@ def _batched(attack: Any, x: Tensor, y: Tensor, batch: int) -> Outcome:
     )
 
 
-def _record(eps: float, role: str, y: Tensor, clean: Tensor, outcomes: dict[str, Outcome], n_classes: int) -> dict[str, Any]:
-    """The JSON record of one budget: robust accuracy with its Wilson interval, per class, per attack, and the
-    per-item outcomes the paired tests need."""
-    robust = (~outcomes["worst"].fooled).cpu().numpy()
-    labels = y.cpu().numpy()
-    rec: dict[str, Any] = {
-        "eps": eps,
-        "eps_label": eps_label(eps),
-        "role": role,
+def _robust_fields(robust: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """What a budget's record derives from its per-item verdicts: robust accuracy with its Wilson interval, per
+    class, balanced, and the items themselves (for the paired tests)."""
+    return {
         "n": int(len(robust)),
         "robust_acc": proportion(int(robust.sum()), len(robust)).to_json(),
         "robust_recall": [
@@ -108,18 +106,47 @@ def _record(eps: float, role: str, y: Tensor, clean: Tensor, outcomes: dict[str,
             for c in range(n_classes)
         ],
         "robust_balanced_acc": float(np.mean([robust[labels == c].mean() for c in range(n_classes) if (labels == c).any()])),
+        "robust_items": robust.astype(int).tolist(),
+    }
+
+
+def _record(eps: float, role: str, y: Tensor, clean: Tensor, outcomes: dict[str, Outcome], n_classes: int) -> dict[str, Any]:
+    """The JSON record of one budget: robust accuracy with its Wilson interval, per class, per attack, and the
+    per-item outcomes the paired tests need."""
+    rec: dict[str, Any] = {
+        "eps": eps,
+        "eps_label": eps_label(eps),
+        "role": role,
+        **_robust_fields((~outcomes["worst"].fooled).cpu().numpy(), y.cpu().numpy(), n_classes),
         "by_attack": {k: float((~outcomes[k].fooled).float().mean()) for k in ("pgd", "worst")},
         "evaluations_per_item": float(outcomes["worst"].evaluations.float().mean()),
-        "robust_items": robust.astype(int).tolist(),
         "clean_items": clean.cpu().numpy().astype(int).tolist(),
     }
     if "apgd" in outcomes:  # APGD ran on PGD's survivors
         rec["apgd_n"] = int((~outcomes["pgd"].fooled).sum())
         rec["apgd_only_broken"] = int(outcomes["apgd"].fooled.sum())
     if "square" in outcomes:
-        rec["square_n"] = int(len(outcomes["square"].fooled))
-        rec["square_only_broken"] = int(outcomes["square"].fooled.sum())  # Square ran on the gradient attacks' survivors
+        rec.update(_square_fields(outcomes["square"], (~outcomes["gradient"].fooled).cpu().numpy()))
     return rec
+
+
+def _square_fields(square: Outcome, gradient_robust: np.ndarray) -> dict[str, Any]:
+    """Square's part of a record: the items it covered, how many of them the gradient attacks left standing
+    (those it attacked) and how many of those it broke."""
+    n = len(square.fooled)
+    return {
+        "square_n": int(n),
+        "square_attacked": int(gradient_robust[:n].sum()),
+        "square_only_broken": int(square.fooled.sum()),  # Square ran on the gradient attacks' survivors only
+    }
+
+
+def square_items(role: str, eps: float, train_eps: float, n: int, cfg: SuiteConfig) -> int:
+    """How many of a budget's first items Square covers: ``n_square`` at the training ε, all ``n`` at a sanity
+    budget (``square_sanity``; only the gradient attacks' survivors cost queries), none elsewhere."""
+    if np.isclose(eps, train_eps):
+        return min(cfg.n_square, n)
+    return n if role == "sanity" and cfg.square_sanity else 0
 
 
 def run_suite(
@@ -141,11 +168,11 @@ def run_suite(
         started = time.perf_counter()
         n = len(x) if role == "headline" else min(cfg.n_grid, len(x))
         outcomes = gradient_worst_case(model, x[:n], y[:n], eps, cfg)
-        n_sq = min(cfg.n_square, n) if np.isclose(eps, train_eps) else 0
+        n_sq = square_items(role, eps, train_eps, n, cfg)
         if n_sq:
             standing = ~outcomes["worst"].fooled[:n_sq]
             sq = square_on_survivors(model, x[:n_sq], y[:n_sq], eps, standing, cfg)
-            outcomes["square"] = sq
+            outcomes["square"], outcomes["gradient"] = sq, outcomes["worst"]
             outcomes["worst"] = merge(outcomes["worst"], _pad(sq, n))
         rec = _record(eps, role, y[:n], clean[:n], outcomes, n_classes)
         rec["seconds"] = time.perf_counter() - started
@@ -176,11 +203,8 @@ def suite_flags(records: Sequence[dict[str, Any]], cfg: SuiteConfig) -> list[str
     for r in records:
         acc = r["robust_acc"]["value"]
         if r["role"] == "sanity" and acc > cfg.sanity_max_acc:
-            flags.append(
-                f"robust accuracy {acc:.3f} at eps={r['eps_label']} (> {cfg.sanity_max_acc:g}): no classifier of [0, 1] images "
-                "survives this budget, so the attacks are failing (gradient masking or a broken evaluation)"
-            )
-        if r.get("square_only_broken", 0) > max(1, cfg.square_tol * r.get("square_n", 0)):
+            flags.append(_sanity_flag(r, cfg))
+        elif r.get("square_only_broken", 0) > max(1, cfg.square_tol * r.get("square_n", 0)):
             flags.append(
                 f"Square broke {r['square_only_broken']} items at eps={r['eps_label']} that PGD and APGD left standing: "
                 "the gradient attacks are being fooled (gradient masking); the robust accuracy includes Square's breaks"
@@ -195,6 +219,52 @@ def suite_flags(records: Sequence[dict[str, Any]], cfg: SuiteConfig) -> list[str
                 "on the same items: a larger ball contains the smaller one, so the attack is failing"
             )
     return flags
+
+
+def _sanity_flag(r: dict[str, Any], cfg: SuiteConfig) -> str:
+    """Why robust accuracy above ≈ 0 at a sanity budget is a flag, and what Square found there (when it ran)."""
+    head = (
+        f"robust accuracy {r['robust_acc']['value']:.3f} at eps={r['eps_label']} (> {cfg.sanity_max_acc:g}), a budget far "
+        "beyond the training ε that a model is not expected to survive"
+    )
+    if "square_attacked" not in r:
+        return head + ": the attacks may be failing (gradient masking or a broken evaluation)"
+    left = sum(r["robust_items"])
+    return (
+        f"{head}; Square (gradient-free) broke {r['square_only_broken']} of the {r['square_attacked']} items PGD and APGD "
+        f"left standing, and {left} resist every attack: "
+        + ("the gradient attacks are failing at this budget" if r["square_only_broken"] else "no attack breaks them")
+        + " (the robust accuracy includes Square's breaks)"
+    )
+
+
+def add_sanity_square(
+    robustness: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor, train_eps: float, cfg: SuiteConfig, n_classes: int = 2
+) -> int:
+    """Run Square at the sanity budgets of a record :func:`run_suite` wrote before ``square_sanity`` existed, on
+    the items its gradient attacks left standing (read from the record), and update the records and flags in
+    place; returns the number of budgets updated. ``x, y``: the same evaluation items, in the same order.
+
+    Why not rerun the cell: the rest of the record is unchanged by construction (the sanity budgets feed no
+    comparison), and a sanity budget leaves few items standing, so this costs seconds, not the cell's minutes.
+    """
+    done = 0
+    for rec in robustness["budgets"]:
+        n = rec["n"]
+        if rec["role"] != "sanity" or "square_n" in rec or not square_items("sanity", rec["eps"], train_eps, n, cfg):
+            continue
+        started = time.perf_counter()
+        gradient = np.asarray(rec["robust_items"], dtype=bool)
+        standing = torch.as_tensor(gradient, device=x.device)
+        sq = square_on_survivors(model, x[:n], y[:n], rec["eps"], standing, cfg)
+        robust = gradient & ~sq.fooled.cpu().numpy()
+        rec.update(_robust_fields(robust, y[:n].cpu().numpy(), n_classes), **_square_fields(sq, gradient))
+        rec["by_attack"]["worst"] = float(robust.mean())
+        rec["evaluations_per_item"] += float(sq.evaluations.float().mean())
+        rec["seconds"] += time.perf_counter() - started
+        done += 1
+    robustness["flags"] = suite_flags(robustness["budgets"], cfg)
+    return done
 
 
 def _shared_prefix_acc(rec: dict[str, Any], other: dict[str, Any]) -> float:

@@ -80,10 +80,41 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     assert sum("skipped" in m for m in log) == 4
     assert (folder / "results.csv").read_text() == before
 
-    (folder / "cells" / "ce-s1.json").unlink()  # as if the run were still going: report what is finished
+    # a cell finished before Square ran at the sanity budgets: the next run adds it from its bundle, no training
+    path = folder / "cells" / "ce-s0.json"
+    older = json.loads(path.read_text())
+    sanity = [b for b in older["robustness"]["budgets"] if b["role"] == "sanity"]
+    assert sanity and all("square_attacked" in b for b in sanity)
+    for b in sanity:
+        for key in ("square_n", "square_attacked", "square_only_broken"):
+            del b[key]
+    stripped = json.dumps(older)
+    path.write_text(stripped)
+    log.clear()
+    run_experiment(exp, base, log=log.append)
+    assert sum("skipped" in m for m in log) == 3 and not any("training" in m for m in log)
+    assert any(m.startswith("ce-s0: done before; Square at eps=64/255 broke ") for m in log)
+    added = json.loads(path.read_text())
+    assert added["completed"]["what"] == "Square at the sanity budgets" and added["flags"] == added["robustness"]["flags"]
+    for old_b, new_b in zip(older["robustness"]["budgets"], added["robustness"]["budgets"], strict=True):
+        assert all(n <= o for n, o in zip(new_b["robust_items"], old_b["robust_items"], strict=True))
+        assert ("square_attacked" in new_b) == (new_b["role"] == "sanity" or "square_n" in old_b)
+
     bundles = sorted(folder.glob("runs/*adv_supcon_ft*s0*/bundle"))
     assert len(bundles) == 1
     shutil.rmtree(bundles[0])  # records outlive run folders (a copied report): the IG grid plots what is left
+    gone = folder / "cells" / "adv_supcon_ft-s0.json"  # ... and an older record whose bundle is gone stays as it is
+    gone_record = json.loads(gone.read_text())
+    for b in gone_record["robustness"]["budgets"]:
+        if b["role"] == "sanity":
+            del b["square_n"], b["square_attacked"], b["square_only_broken"]
+    gone.write_text(json.dumps(gone_record))
+    log.clear()
+    run_experiment(exp, base, log=log.append)
+    assert any(m.startswith("adv_supcon_ft-s0: done before; its bundle") and "is gone" in m for m in log)
+    assert json.loads(gone.read_text()) == gone_record and path.read_text() != stripped
+
+    (folder / "cells" / "ce-s1.json").unlink()  # as if the run were still going: report what is finished
     (folder / "ig_grid.png").unlink()
     run_experiment(exp, base, report_only=True)
     partial = (folder / "report.md").read_text()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from robustdx.core.evaluation.suite import SuiteConfig, evaluation_items, run_suite
-from tests.support.classifiers import MeanIntensity, mean_intensity_batch
+from robustdx.core.evaluation.suite import SuiteConfig, add_sanity_square, evaluation_items, run_suite
+from tests.support.classifiers import EPS as UNIT
+from tests.support.classifiers import MeanIntensity, margin_images, mean_intensity_batch
 
 pytestmark = pytest.mark.unit
 
@@ -63,8 +64,43 @@ def test_masked_gradients_are_caught_by_square_and_the_sanity_point() -> None:
     assert head["square_only_broken"] > 0
     assert head["apgd_only_broken"] == 0 and head["apgd_n"] > 0  # APGD is blinded by the same zero gradients
     assert head["robust_acc"]["value"] < head["by_attack"]["pgd"]  # the headline counts Square's breaks
-    assert any("Square broke" in f for f in out["flags"])
-    assert any("no classifier of [0, 1] images survives" in f for f in out["flags"])
+    assert any("Square broke" in f and "eps=" + head["eps_label"] in f for f in out["flags"])
+    sanity = out["budgets"][1]  # Square on what the blinded gradient attacks left at 64/255: it breaks them
+    assert sanity["square_attacked"] > 0 and sanity["square_only_broken"] > 0
+    assert sanity["robust_acc"]["value"] < sanity["by_attack"]["pgd"]
+    assert any("Square broke" in f and "eps=64/255" in f for f in out["flags"])
+
+
+def test_a_sanity_flag_without_square_says_the_attacks_may_be_failing() -> None:
+    model, (x, y, _means) = MeanIntensity(quantise=True), mean_intensity_batch(96, seed=6)
+    cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(64 / 255,), square_sanity=False, **FAST)
+    out = run_suite(model, x, y, EPS, cfg)
+    assert "square_n" not in out["budgets"][1]
+    assert any("at eps=64/255" in f and "the attacks may be failing" in f for f in out["flags"])
+
+
+def test_a_model_that_resists_the_sanity_budget_is_flagged_with_no_attack_breaking_it() -> None:
+    x, y = margin_images([-3.0, -2.5, 2.5, 3.0] * 4 + [-0.5, 0.5] * 4)  # 16 items 20/255 or more from the boundary
+    cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(16 / 255,), **FAST)
+    out = run_suite(MeanIntensity(), x, y, EPS, cfg)
+    sanity = out["budgets"][1]
+    assert 2.5 * UNIT > 16 / 255 and sanity["robust_acc"]["value"] == pytest.approx(16 / 24)
+    assert sanity["square_attacked"] == 16 and sanity["square_only_broken"] == 0
+    (flag,) = out["flags"]
+    assert "at eps=16/255" in flag and "broke 0 of the 16 items" in flag and "no attack breaks them" in flag
+
+
+def test_square_added_to_an_older_record_gives_what_a_run_with_it_gives() -> None:
+    model, (x, y, _means) = MeanIntensity(quantise=True), mean_intensity_batch(96, seed=6)
+    base = {"headline_eps": (EPS,), "grid_eps": (), "sanity_eps": (64 / 255,), **FAST}
+    old = run_suite(model, x, y, EPS, SuiteConfig(**base, square_sanity=False))
+    now = run_suite(model, x, y, EPS, SuiteConfig(**base))
+    assert add_sanity_square(old, model, x, y, EPS, SuiteConfig(**base)) == 1
+    keys = ("robust_items", "robust_acc", "robust_recall", "robust_balanced_acc", "square_n", "square_attacked",
+            "square_only_broken", "by_attack")  # fmt: skip
+    assert {k: old["budgets"][1][k] for k in keys} == {k: now["budgets"][1][k] for k in keys}
+    assert old["flags"] == now["flags"]
+    assert add_sanity_square(old, model, x, y, EPS, SuiteConfig(**base)) == 0  # nothing left to add
 
 
 def test_accuracy_rising_with_eps_is_flagged() -> None:
