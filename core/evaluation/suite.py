@@ -229,12 +229,16 @@ def _sanity_flag(r: dict[str, Any], cfg: SuiteConfig) -> str:
     )
     if "square_attacked" not in r:
         return head + ": the attacks may be failing (gradient masking or a broken evaluation)"
-    left = sum(r["robust_items"])
+    k, m = r["square_only_broken"], r["square_attacked"]
+    if k:
+        return (
+            f"{head}; Square (gradient-free) broke {k} of the {m} items PGD and APGD left standing, so the gradient "
+            f"attacks are failing at this budget ({sum(r['robust_items'])} items resist every attack; the robust "
+            "accuracy counts Square's breaks)"
+        )
     return (
-        f"{head}; Square (gradient-free) broke {r['square_only_broken']} of the {r['square_attacked']} items PGD and APGD "
-        f"left standing, and {left} resist every attack: "
-        + ("the gradient attacks are failing at this budget" if r["square_only_broken"] else "no attack breaks them")
-        + " (the robust accuracy includes Square's breaks)"
+        f"{head}; Square (gradient-free) broke none of the {m} items PGD and APGD left standing: the model resists "
+        "this budget on them, or every attack fails there (not the gradient masking Square exposes)"
     )
 
 

@@ -87,7 +87,16 @@ def test_a_model_that_resists_the_sanity_budget_is_flagged_with_no_attack_breaki
     assert 2.5 * UNIT > 16 / 255 and sanity["robust_acc"]["value"] == pytest.approx(16 / 24)
     assert sanity["square_attacked"] == 16 and sanity["square_only_broken"] == 0
     (flag,) = out["flags"]
-    assert "at eps=16/255" in flag and "broke 0 of the 16 items" in flag and "no attack breaks them" in flag
+    assert "at eps=16/255" in flag and "broke none of the 16 items" in flag and "the model resists this budget" in flag
+
+    # the same items with masked gradients: PGD and APGD leave all 24 standing, Square breaks the 8 it can
+    out = run_suite(MeanIntensity(quantise=True), x, y, EPS, cfg)
+    sanity = out["budgets"][1]
+    assert sanity["square_attacked"] == 24 and sanity["square_only_broken"] == 8
+    assert sanity["robust_acc"]["value"] == pytest.approx(16 / 24)
+    assert any(
+        "at eps=16/255" in f and "broke 8 of the 24 items" in f and "gradient attacks are failing" in f for f in out["flags"]
+    )
 
 
 def test_square_added_to_an_older_record_gives_what_a_run_with_it_gives() -> None:
