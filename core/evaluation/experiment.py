@@ -45,7 +45,7 @@ from robustdx.core.data import Splits, build_splits
 from robustdx.core.data.base import ImageDataset
 from robustdx.core.evaluation import metrics as ev
 from robustdx.core.evaluation import statistics as st
-from robustdx.core.evaluation.suite import add_sanity_square, evaluation_items, run_suite, square_items
+from robustdx.core.evaluation.suite import add_sanity_square, evaluation_items, run_suite, square_items, suite_flags
 from robustdx.core.explain import quality
 from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
@@ -401,7 +401,8 @@ def run_experiment(
 
     With ``report_only`` nothing is trained: the report covers the cells finished so far and says which
     are missing (a long run can be looked at while it goes on). With ``workers`` > 1 the unfinished cells
-    run in that many processes (:func:`run_cells_parallel`) before the report is written.
+    run in that many processes (:func:`run_cells_parallel`) before the report is written. Every cell's flags
+    are judged again by today's rules (:func:`~robustdx.core.evaluation.suite.suite_flags`) for the report.
 
     Raises:
         ValueError: ``report_only`` and no cell is finished yet.
@@ -419,6 +420,8 @@ def run_experiment(
         if workers > 1:
             run_cells_parallel(exp, base, workers, log)
         cells = [run_cell(exp, base, cell, log) for cell in cells_of(exp)]
+    for c in cells:  # judged by today's rules (a record keeps the flags of the code that wrote it)
+        c["flags"] = c["robustness"]["flags"] = suite_flags(c["robustness"]["budgets"], exp.robustness)
     return write_experiment_report(exp, base, cells, folder)
 
 

@@ -108,6 +108,7 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     for b in gone_record["robustness"]["budgets"]:
         if b["role"] == "sanity":
             del b["square_n"], b["square_attacked"], b["square_only_broken"]
+    gone_record["flags"] = gone_record["robustness"]["flags"] = ["a flag today's rules do not raise"]
     gone.write_text(json.dumps(gone_record))
     log.clear()
     run_experiment(exp, base, log=log.append)
@@ -119,6 +120,7 @@ def test_experiment_writes_a_resumable_report_that_opens_with_its_findings(camel
     run_experiment(exp, base, report_only=True)
     partial = (folder / "report.md").read_text()
     assert "Partial report: 3 of 4 cells finished** (missing: ce-s1)" in partial
+    assert "a flag today's rules do not raise" not in partial  # flags are judged when the report is written
     assert "One training seed of ce: a comparison involving them" in partial and "One training seed" not in text
     assert (folder / "ig_grid.png").stat().st_size > 1000
     assert len(list(csv.DictReader(open(folder / "results.csv")))) == 3
