@@ -284,7 +284,7 @@ def write_experiment_report(exp: ExperimentConfig, base: RunConfig, cells: list[
     rows, summary, attr = [cell_row(c) for c in cells], summary_rows(cells, recipes), attribution_rows(cells, recipes)
     write_csv(folder / "results.csv", rows)
     write_csv(folder / "summary.csv", summary)
-    write_csv(folder / "comparisons.csv", [c.__dict__ for c in found])
+    write_csv(folder / "comparisons.csv", [{**c.__dict__, "seed_ci": c.seed_ci, "across_seeds": c.across_seeds} for c in found])
     plots = [plot_accuracy_vs_eps(cells, recipes, folder / "accuracy_vs_eps.png"),
              plot_training_curves(cells, recipes, folder / "training_curves.png"), ig_grid(exp, base, folder, cells)]  # fmt: skip
     lines = [

@@ -8,6 +8,11 @@ evaluation items both were scored on: each item's score is the number of seeds (
 single fold) in which the regime got it right, and the exact sign test asks whether one regime wins more
 items than the other (with one seed it is the exact McNemar test). Every p-value of the report's family is
 Holm-corrected together.
+
+That test is conditional on the trained models: it says these models differ on these items. Whether the
+regimes differ is a question about training seeds, so where both regimes have two or more seeds the
+comparison also carries the t interval of the per-seed differences (matched by seed), and a claim whose
+interval contains 0 is reported apart, as holding for these models but not established across seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from robustdx.core.evaluation.statistics import exact_sign_test, holm
+from robustdx.core.evaluation.statistics import exact_sign_test, holm, t_interval
 
 REFERENCE = "ce"
 PROPOSED = "adv_supcon_ft"
@@ -41,22 +46,48 @@ class Comparison:
     p_value: float
     p_holm: float = float("nan")
     supported: bool = False
+    seed_differences: tuple[float, ...] = ()  # a - b per training seed both regimes have, on the same items
+
+    @property
+    def seed_ci(self) -> tuple[float, float] | None:
+        """The t interval of the mean per-seed difference (None with fewer than two matched seeds)."""
+        return t_interval(self.seed_differences) if len(self.seed_differences) >= 2 else None
+
+    @property
+    def across_seeds(self) -> bool | None:
+        """Whether the difference holds across training seeds: the seed interval excludes 0 on the side of the
+        item-level difference (None: fewer than two matched seeds, so not measured)."""
+        ci = self.seed_ci
+        if ci is None:
+            return None
+        return ci[0] > 0 if self.difference > 0 else ci[1] < 0
 
     def sentence(self) -> str:
         what = "clean accuracy" if self.metric == "clean" else f"robust accuracy at ε = {self.metric}"
         lo, hi = self.ci
         if self.supported:
-            better, worse = (self.a, self.b) if self.difference > 0 else (self.b, self.a)
-            lo, hi = (lo, hi) if self.difference > 0 else (-hi, -lo)
+            sign = 1 if self.difference > 0 else -1
+            better, worse = (self.a, self.b) if sign > 0 else (self.b, self.a)
+            lo, hi = (lo, hi) if sign > 0 else (-hi, -lo)
             return (
                 f"**{better}** has a higher {what} than **{worse}**: {max(self.mean_a, self.mean_b):.3f} vs "
                 f"{min(self.mean_a, self.mean_b):.3f} (difference {abs(self.difference):.3f}, 95 % CI [{lo:.3f}, {hi:.3f}]; "
                 f"{self.a_better + self.b_better} discordant items of {self.n}; Holm-adjusted p = {self.p_holm:.2g})."
+                + self._seeds(sign)
             )
         return (
             f"No difference in {what} between {self.a} and {self.b} is supported ({self.mean_a:.3f} vs {self.mean_b:.3f}, "
             f"difference {self.difference:+.3f}, 95 % CI [{lo:+.3f}, {hi:+.3f}]; Holm-adjusted p = {self.p_holm:.2g})."
+            + self._seeds(1)
         )
+
+    def _seeds(self, sign: int) -> str:
+        ci = self.seed_ci
+        if ci is None:
+            return ""
+        lo, hi = sorted((sign * ci[0], sign * ci[1]))
+        each = ", ".join(f"{sign * d:+.3f}" for d in self.seed_differences)
+        return f" Per training seed: {each}; 95 % t interval of their mean [{lo:+.3f}, {hi:+.3f}]."
 
 
 def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[int | str, float]:
@@ -68,17 +99,35 @@ def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[
     right: dict[int | str, float] = {}
     runs: dict[int | str, int] = {}
     for cell in (c for c in cells if c["recipe"] == recipe):
-        if key == "clean":
-            outcomes = cell["robustness"]["clean_items"]
-        else:
-            rec = next((b for b in cell["robustness"]["budgets"] if b["eps_label"] == key), None)
-            if rec is None:
-                continue
-            outcomes = rec["robust_items"]
-        for item, ok in zip(cell["items"], outcomes, strict=False):
+        for item, ok in _outcomes(cell, key):
             right[item] = right.get(item, 0.0) + float(ok)
             runs[item] = runs.get(item, 0) + 1
     return {item: right[item] / runs[item] for item in right}
+
+
+def seed_accuracy(cells: Sequence[dict[str, Any]], recipe: str, key: str, items: set[int | str]) -> dict[int, float]:
+    """Per training seed, ``recipe``'s accuracy (``key`` as in :func:`item_scores`) over ``items``, pooled over
+    the seed's folds."""
+    right: dict[int, float] = {}
+    n: dict[int, int] = {}
+    for cell in (c for c in cells if c["recipe"] == recipe):
+        for item, ok in _outcomes(cell, key):
+            if item in items:
+                right[cell["seed"]] = right.get(cell["seed"], 0.0) + float(ok)
+                n[cell["seed"]] = n.get(cell["seed"], 0) + 1
+    return {seed: right[seed] / n[seed] for seed in n}
+
+
+def _outcomes(cell: dict[str, Any], key: str) -> list[tuple[int | str, Any]]:
+    """``(item id, right or not)`` of one cell for ``key`` (nothing when the cell has no such budget)."""
+    if key == "clean":
+        outcomes = cell["robustness"]["clean_items"]
+    else:
+        rec = next((b for b in cell["robustness"]["budgets"] if b["eps_label"] == key), None)
+        if rec is None:
+            return []
+        outcomes = rec["robust_items"]
+    return list(zip(cell["items"], outcomes, strict=False))
 
 
 def compare(cells: Sequence[dict[str, Any]], a: str, b: str, key: str, seed: int = 0) -> Comparison | None:
@@ -90,9 +139,10 @@ def compare(cells: Sequence[dict[str, Any]], a: str, b: str, key: str, seed: int
     xa = np.array([sa[i] for i in shared])  # per item: the share of runs that got it right
     xb = np.array([sb[i] for i in shared])
     t = exact_sign_test(xa, xb, seed=seed)
+    per_a, per_b = seed_accuracy(cells, a, key, set(shared)), seed_accuracy(cells, b, key, set(shared))
     return Comparison(
         key, a, b, len(shared), t["mean_a"], t["mean_b"], t["difference"], tuple(t["difference_ci"]), t["a_better"],
-        t["b_better"], t["p_value"],
+        t["b_better"], t["p_value"], seed_differences=tuple(per_a[s] - per_b[s] for s in sorted(set(per_a) & set(per_b))),
     )  # fmt: skip
 
 
@@ -116,13 +166,35 @@ def findings_markdown(
     ``unsupported`` claims the data speak against, e.g. attributions failing their checks), which cells are
     flagged, and ``notes``."""
     lines = ["## What these results support", ""]
-    supported = [c for c in found if c.supported]
+    supported = [c for c in found if c.supported and c.across_seeds is not False]
+    models_only = [c for c in found if c.supported and c.across_seeds is False]
+    if any(c.seed_ci is not None for c in found):
+        lines += [
+            "Each claim passed an exact paired test over the evaluation items (Holm-corrected, α = 0.05); where both "
+            "regimes have two or more training seeds, it also gives the per-seed differences and their t interval.",
+            "",
+        ]
     if not found:
         lines.append("- No comparison could be made: fewer than two regimes are finished.")
     elif supported:
         lines += [f"- {c.sentence()}" for c in supported]
+    elif models_only:
+        lines.append(
+            "- No difference between regimes is established across training seeds (those that hold for these trained "
+            "models follow)."
+        )
     else:
         lines.append("- No comparison between regimes passed its test (exact sign test, Holm-corrected, α = 0.05).")
+    if models_only:
+        lines += [
+            "",
+            "### For these trained models only, not across training seeds",
+            "",
+            "These passed the test over items, but the t interval of their per-seed differences contains 0: the "
+            "trained models differ on these items, and another training seed may not reproduce it.",
+            "",
+            *[f"- {c.sentence()}" for c in models_only],
+        ]
     lines += ["", "### What they do not support", ""]
     against = [f"- {c.sentence()}" for c in found if not c.supported] + [f"- {u}" for u in unsupported]
     if not found:

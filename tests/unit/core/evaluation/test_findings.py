@@ -88,3 +88,33 @@ def test_no_comparison_yet_and_unsupported_claims_are_said() -> None:
     against = text.split("### What they do not support")[1]
     assert "- Any ranking of the regimes (none compared yet)." in against and "`ce`'s IG maps" in against
     assert "every comparison made was supported" not in text
+
+
+def test_a_difference_that_seeds_do_not_reproduce_is_reported_apart() -> None:
+    """Items 15-59 are right in two of adv_supcon_ft's three seeds and wrong in every ce seed: the test over
+    items passes by far, but one seed of adv_supcon_ft is worse than ce, so the seed interval contains 0."""
+    first = lambda k: (np.arange(N) < k).astype(int)  # noqa: E731 - right on the first k items
+    runs = [cell("adv_supcon_ft", 0, first(N)), cell("adv_supcon_ft", 1, first(N)), cell("adv_supcon_ft", 2, first(10))]
+    runs += [cell("ce", s, first(15)) for s in range(3)]
+    (c,) = comparisons(runs, ["ce", "adv_supcon_ft"], ["2/255"])
+    assert c.supported and (c.a_better, c.b_better) == (45, 5)
+    assert c.seed_differences == pytest.approx((0.75, 0.75, 10 / 60 - 0.25))
+    lo, hi = c.seed_ci
+    assert lo < 0 < hi and c.across_seeds is False
+    text = findings_markdown([c], {})
+    main, apart = text.split("### For these trained models only, not across training seeds")
+    assert "No difference between regimes is established across training seeds" in main and "**adv_supcon_ft**" not in main
+    assert "**adv_supcon_ft** has a higher robust accuracy at ε = 2/255 than **ce**" in apart
+    assert "Per training seed: +0.750, +0.750, -0.083; 95 % t interval of their mean [" in apart
+
+
+def test_a_difference_every_seed_reproduces_stays_supported_and_one_seed_measures_nothing() -> None:
+    first = lambda k: (np.arange(N) < k).astype(int)  # noqa: E731
+    runs = [cell("adv_supcon_ft", s, first(50 + s)) for s in range(3)] + [cell("ce", s, first(10 + 2 * s)) for s in range(3)]
+    (c,) = comparisons(runs, ["ce", "adv_supcon_ft"], ["2/255"])
+    assert c.supported and c.across_seeds is True and c.seed_ci[0] > 0
+    text = findings_markdown([c], {})
+    assert "For these trained models only" not in text and "Per training seed: +0.667, +0.650, +0.633" in text
+    (one,) = comparisons([runs[0], runs[3]], ["ce", "adv_supcon_ft"], ["2/255"])
+    assert one.seed_differences == pytest.approx((40 / 60,)) and one.seed_ci is None and one.across_seeds is None
+    assert "Per training seed" not in findings_markdown([one], {})

@@ -359,3 +359,14 @@ def test_better_than_chance() -> None:
     assert better_than_chance(0.34, chance=1 / 3) and not better_than_chance(0.34, chance=0.5)
     with pytest.raises(ValueError, match="chance"):
         better_than_chance(0.6, chance=0)
+
+
+def test_t_interval_of_a_few_seeds() -> None:
+    from robustdx.core.evaluation.statistics import t_interval
+
+    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3)
+    assert (lo, hi) == pytest.approx((2 - 2.48418, 2 + 2.48418), abs=1e-4)
+    assert t_interval([0.5, 0.5]) == (0.5, 0.5)
+    assert t_interval([0.0, 1.0], confidence=0.5)[1] < t_interval([0.0, 1.0])[1]
+    with pytest.raises(ValueError, match="at least two replicates"):
+        t_interval([0.3])
