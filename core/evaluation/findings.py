@@ -85,7 +85,7 @@ class Comparison:
         ci = self.seed_ci
         if ci is None:
             return ""
-        lo, hi = sorted((sign * ci[0], sign * ci[1]))
+        lo, hi = sorted((max(-1.0, min(1.0, sign * ci[0])), max(-1.0, min(1.0, sign * ci[1]))))  # a difference of accuracies
         each = ", ".join(f"{sign * d:+.3f}" for d in self.seed_differences)
         return f" Per training seed: {each}; 95 % t interval of their mean [{lo:+.3f}, {hi:+.3f}]."
 

@@ -19,7 +19,7 @@ from robustdx.core.evaluation.experiment_report import (
     plot_training_curves,
     summary_rows,
 )
-from robustdx.core.evaluation.statistics import proportion
+from robustdx.core.evaluation.statistics import proportion, t_interval
 
 pytestmark = pytest.mark.unit
 N = 40
@@ -45,6 +45,7 @@ def _cell(recipe: str, seed: int, rate: float) -> dict[str, Any]:
             "cascading": {"full_randomisation_spearman": 0.2}, "infidelity": {"ig": 0.01, "gradient": 0.5}}  # fmt: skip
     return {
         "name": f"{recipe}-s{seed}", "recipe": recipe, "seed": seed, "fold": None, "train_seconds": 3.0, "eval_seconds": 2.0,
+        "items": list(range(N)),
         "test": {"n": N, "acc": proportion(30, N).to_json(), "bal_acc": {"value": 0.75, "ci": [0.6, 0.9]},
                  "auc": {"value": 0.8, "ci": [0.7, 0.9]}, "recall": [None, None], "better_than_chance": True},
         "robustness": {"clean_items": [1] * N, "budgets": [_budget("2/255", 2 / 255, "headline", robust, labels),
@@ -65,6 +66,11 @@ def test_summary_pools_runs_with_wilson_intervals() -> None:
     want = proportion(k, 2 * N)
     assert ce["robust@2/255"] == f"{want.value:.3f} [{want.lo:.3f}, {want.hi:.3f}]"
     assert ce["clean_acc"].startswith("0.750 [")
+    per_seed = [c["robustness"]["budgets"][0]["robust_acc"]["value"] for c in cells[:2]]
+    lo, hi = t_interval(per_seed)  # two seeds: t(0.975, 1) = 12.7, so wide
+    want_seeds = f"{np.mean(per_seed):.3f} [{max(lo, 0):.3f}, {min(hi, 1):.3f}]"  # clipped to [0, 1]
+    assert ce["robust@2/255 over seeds (t 95 %)"] == want_seeds and hi - lo > 0.1
+    assert rows[0]["robust@2/255 over seeds (t 95 %)"] == "— (one seed)"
     row = cell_row(cells[0])
     assert row["cell"] == "ce-s0" and row["robust@8/255"].startswith("0.000 [0.000,") and row["flags"] == 0
 

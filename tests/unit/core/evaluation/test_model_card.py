@@ -41,8 +41,15 @@ def _metrics(with_breakdown: bool) -> dict:
     m = {
         "test": {"acc": 0.8, "bal_acc": 0.6, "auc": 0.7, "ece": 0.05, "worst_group": "1", "worst_group_acc": 0.75},
         "val": {"acc": 0.8},
-        "robust": {"eps": 4 / 255, "eps_label": "4/255", "attack": "pgd-20x1", "n": 40, "clean_acc": 0.8,
-                   "robust_acc": 0.7, "ci": [0.55, 0.83]},  # fmt: skip
+        "robust": {
+            "eps": 4 / 255,
+            "eps_label": "4/255",
+            "attack": "pgd-20x1",
+            "n": 40,
+            "clean_acc": 0.8,
+            "robust_acc": 0.7,
+            "ci": [0.55, 0.83],
+        },  # fmt: skip
         "stages": [{"regime": "adv_supcon", "best_epoch": 2}, {"regime": "finetune", "best_epoch": 1}],
     }
     if with_breakdown:
