@@ -15,7 +15,7 @@ import torch
 
 from robustdx.core.config import ExperimentConfig, RunConfig
 from robustdx.core.data import build_splits
-from robustdx.core.evaluation.findings import comparisons, findings_markdown, seed_accuracy
+from robustdx.core.evaluation.findings import comparisons, findings_markdown, seed_outcomes
 from robustdx.core.evaluation.statistics import proportion, t_interval
 from robustdx.core.explain.plots import GridConfig, agg_figure, save_attack_grid
 from robustdx.core.util import markdown_table, write_csv
@@ -97,13 +97,17 @@ def summary_rows(cells: list[dict[str, Any]], recipes: list[str]) -> list[dict[s
 
 
 def _over_seeds(cells: list[dict[str, Any]], recipe: str, label: str) -> str:
-    """The mean of a recipe's per-seed robust accuracies (folds pooled within a seed) with its t interval: what
-    a new training seed would be expected to give, which the pooled Wilson interval (items only) does not say."""
-    per_seed = seed_accuracy(cells, recipe, label, {item for c in cells for item in c["items"]})
-    if len(per_seed) < 2:
+    """The mean of a recipe's per-seed robust accuracies (folds pooled within a seed) with the 95 % t interval of
+    that mean: the uncertainty training seeds add, which the pooled Wilson interval (items only) leaves out.
+    Only seeds that scored every item of the recipe count (a seed with unfinished folds would be a different
+    mix of items)."""
+    per_seed = seed_outcomes(cells, recipe, label)
+    everything = set().union(*(set(v) for v in per_seed.values())) if per_seed else set()
+    values = [float(np.mean(list(v.values()))) for v in per_seed.values() if set(v) == everything]
+    if len(values) < 2:
         return "— (one seed)"
-    lo, hi = t_interval(list(per_seed.values()))  # an accuracy lies in [0, 1]: so may its interval
-    return f"{np.mean(list(per_seed.values())):.3f} [{max(lo, 0.0):.3f}, {min(hi, 1.0):.3f}]"
+    lo, hi = t_interval(values)  # an accuracy lies in [0, 1]: so may its interval
+    return f"{np.mean(values):.3f} [{max(lo, 0.0):.3f}, {min(hi, 1.0):.3f}]"
 
 
 def _recall(cell: dict[str, Any], label: str, cls: int) -> tuple[int, int] | None:

@@ -10,9 +10,11 @@ items than the other (with one seed it is the exact McNemar test). Every p-value
 Holm-corrected together.
 
 That test is conditional on the trained models: it says these models differ on these items. Whether the
-regimes differ is a question about training seeds, so where both regimes have two or more seeds the
-comparison also carries the t interval of the per-seed differences (matched by seed), and a claim whose
-interval contains 0 is reported apart, as holding for these models but not established across seeds.
+regimes differ is a question about training seeds, so where both regimes have two or more seeds in common the
+comparison also carries the t interval of the per-seed differences (matched by seed, each on the items both
+scored), and a claim whose interval contains 0 is reported apart, as holding for these models but not across
+seeds. The interval is uncorrected and serves only to demote: with a handful of seeds it cannot establish a
+claim on its own.
 """
 
 from __future__ import annotations
@@ -105,17 +107,25 @@ def item_scores(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[
     return {item: right[item] / runs[item] for item in right}
 
 
-def seed_accuracy(cells: Sequence[dict[str, Any]], recipe: str, key: str, items: set[int | str]) -> dict[int, float]:
-    """Per training seed, ``recipe``'s accuracy (``key`` as in :func:`item_scores`) over ``items``, pooled over
-    the seed's folds."""
-    right: dict[int, float] = {}
-    n: dict[int, int] = {}
+def seed_outcomes(cells: Sequence[dict[str, Any]], recipe: str, key: str) -> dict[int, dict[int | str, float]]:
+    """Per training seed, ``recipe``'s verdict on each item it scored (``key`` as in :func:`item_scores`), its
+    folds pooled."""
+    out: dict[int, dict[int | str, float]] = {}
     for cell in (c for c in cells if c["recipe"] == recipe):
-        for item, ok in _outcomes(cell, key):
-            if item in items:
-                right[cell["seed"]] = right.get(cell["seed"], 0.0) + float(ok)
-                n[cell["seed"]] = n.get(cell["seed"], 0) + 1
-    return {seed: right[seed] / n[seed] for seed in n}
+        out.setdefault(cell["seed"], {}).update((item, float(ok)) for item, ok in _outcomes(cell, key))
+    return out
+
+
+def seed_differences(cells: Sequence[dict[str, Any]], a: str, b: str, key: str) -> tuple[float, ...]:
+    """``a``'s accuracy minus ``b``'s for each training seed both have, each on the items both scored in that
+    seed (a seed whose folds are not all finished compares the folds both have)."""
+    sa, sb = seed_outcomes(cells, a, key), seed_outcomes(cells, b, key)
+    diffs = []
+    for seed in sorted(set(sa) & set(sb)):
+        items = sorted(set(sa[seed]) & set(sb[seed]), key=str)
+        if items:
+            diffs.append(float(np.mean([sa[seed][i] - sb[seed][i] for i in items])))
+    return tuple(diffs)
 
 
 def _outcomes(cell: dict[str, Any], key: str) -> list[tuple[int | str, Any]]:
@@ -139,10 +149,9 @@ def compare(cells: Sequence[dict[str, Any]], a: str, b: str, key: str, seed: int
     xa = np.array([sa[i] for i in shared])  # per item: the share of runs that got it right
     xb = np.array([sb[i] for i in shared])
     t = exact_sign_test(xa, xb, seed=seed)
-    per_a, per_b = seed_accuracy(cells, a, key, set(shared)), seed_accuracy(cells, b, key, set(shared))
     return Comparison(
         key, a, b, len(shared), t["mean_a"], t["mean_b"], t["difference"], tuple(t["difference_ci"]), t["a_better"],
-        t["b_better"], t["p_value"], seed_differences=tuple(per_a[s] - per_b[s] for s in sorted(set(per_a) & set(per_b))),
+        t["b_better"], t["p_value"], seed_differences=seed_differences(cells, a, b, key),
     )  # fmt: skip
 
 
@@ -168,10 +177,12 @@ def findings_markdown(
     lines = ["## What these results support", ""]
     supported = [c for c in found if c.supported and c.across_seeds is not False]
     models_only = [c for c in found if c.supported and c.across_seeds is False]
-    if any(c.seed_ci is not None for c in found):
+    if any(c.seed_ci is not None for c in found) and (supported or models_only):
         lines += [
-            "Each claim passed an exact paired test over the evaluation items (Holm-corrected, α = 0.05); where both "
-            "regimes have two or more training seeds, it also gives the per-seed differences and their t interval.",
+            "Each claim passed an exact paired test over the evaluation items (Holm-corrected, α = 0.05); where the "
+            "two regimes have two or more training seeds in common, it also gives the per-seed differences and the "
+            "95 % t interval of their mean (not corrected for multiplicity: it can only move a claim to the list of "
+            "those that do not hold across seeds, never establish one).",
             "",
         ]
     if not found:

@@ -32,8 +32,18 @@ from robustdx.core.explain.maps import attribution_map
 Objective = Literal["robust_mean", "clean", "robust"]
 # what the promotion gates compare ("recent_*": on a data snapshot's held-out clinician-labelled images)
 SCORE_KEYS = ("clean_acc", "robust_acc", "attribution", "recent_clean_acc", "recent_robust_acc")
-REPORT_KEYS = ("clean_acc", "balanced_acc", "auc", "robust_acc", "attribution", "n_val", "n_robust",
-               "recent_clean_acc", "recent_robust_acc", "n_recent")  # tables; fmt: skip
+REPORT_KEYS = (
+    "clean_acc",
+    "balanced_acc",
+    "auc",
+    "robust_acc",
+    "attribution",
+    "n_val",
+    "n_robust",
+    "recent_clean_acc",
+    "recent_robust_acc",
+    "n_recent",
+)  # tables; fmt: skip
 
 
 def region_name(cfg: RunConfig) -> str:

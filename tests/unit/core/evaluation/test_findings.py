@@ -118,3 +118,19 @@ def test_a_difference_every_seed_reproduces_stays_supported_and_one_seed_measure
     (one,) = comparisons([runs[0], runs[3]], ["ce", "adv_supcon_ft"], ["2/255"])
     assert one.seed_differences == pytest.approx((40 / 60,)) and one.seed_ci is None and one.across_seeds is None
     assert "Per training seed" not in findings_markdown([one], {})
+
+
+def test_seed_differences_read_from_the_better_side_and_pair_each_seed_on_its_own_items() -> None:
+    first = lambda k: (np.arange(N) < k).astype(int)  # noqa: E731
+    runs = [cell("adv_supcon_ft", s, first(10 + s)) for s in range(3)] + [cell("ce", s, first(50)) for s in range(3)]
+    (c,) = comparisons(runs, ["ce", "adv_supcon_ft"], ["2/255"])  # a = adv_supcon_ft is the worse one
+    assert c.supported and c.difference < 0 and c.across_seeds is True and c.seed_ci[1] < 0
+    assert "**ce** has a higher robust accuracy" in c.sentence() and "Per training seed: +0.667, +0.650, +0.633" in c.sentence()
+    # cross-validation: ce has finished only fold 0 of seed 1, so seed 1 compares fold 0 (where adv_supcon_ft is
+    # right everywhere), not adv_supcon_ft's two folds (wrong everywhere on fold 1) against ce's one
+    ids = {f: np.array([f"f{f}:{i}" for i in range(N)]) for f in (0, 1)}
+    right = lambda r, s, f: int(r == "adv_supcon_ft" and (s, f) != (1, 1))  # noqa: E731
+    cv = [cell(r, s, np.full(N, right(r, s, f)), items=ids[f]) for r in ("ce", "adv_supcon_ft") for s in (0, 1)
+          for f in (0, 1) if not (r == "ce" and s == 1 and f == 1)]  # fmt: skip
+    (d,) = comparisons(cv, ["ce", "adv_supcon_ft"], ["2/255"])
+    assert d.seed_differences == (1.0, 1.0)

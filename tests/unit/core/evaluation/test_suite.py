@@ -55,7 +55,7 @@ def test_known_robust_accuracy_with_intervals_and_no_flags() -> None:
     assert out["flags"] == []
 
 
-def test_masked_gradients_are_caught_by_square_and_the_sanity_point() -> None:
+def test_masked_gradients_are_caught_by_square_which_also_finishes_the_sanity_point() -> None:
     model, (x, y, _means) = MeanIntensity(quantise=True), mean_intensity_batch(96, seed=6)  # zero gradients
     cfg = SuiteConfig(headline_eps=(EPS,), grid_eps=(), sanity_eps=(64 / 255,), **FAST)
     out = run_suite(model, x, y, EPS, cfg)
@@ -65,10 +65,10 @@ def test_masked_gradients_are_caught_by_square_and_the_sanity_point() -> None:
     assert head["apgd_only_broken"] == 0 and head["apgd_n"] > 0  # APGD is blinded by the same zero gradients
     assert head["robust_acc"]["value"] < head["by_attack"]["pgd"]  # the headline counts Square's breaks
     assert any("Square broke" in f and "eps=" + head["eps_label"] in f for f in out["flags"])
-    sanity = out["budgets"][1]  # Square on what the blinded gradient attacks left at 64/255: it breaks them
-    assert sanity["square_attacked"] > 0 and sanity["square_only_broken"] > 0
-    assert sanity["robust_acc"]["value"] < sanity["by_attack"]["pgd"]
-    assert any("Square broke" in f and "eps=64/255" in f for f in out["flags"])
+    sanity = out["budgets"][1]  # Square on what the blinded gradient attacks left at 64/255: it breaks them all
+    assert sanity["square_attacked"] > 0 and sanity["square_only_broken"] == sanity["square_attacked"]
+    assert sanity["robust_acc"]["value"] == 0.0 < sanity["by_attack"]["pgd"]
+    assert not any("eps=64/255" in f for f in out["flags"])  # the worst case passes the sanity rule
 
 
 def test_a_sanity_flag_without_square_says_the_attacks_may_be_failing() -> None:
@@ -108,6 +108,7 @@ def test_square_added_to_an_older_record_gives_what_a_run_with_it_gives() -> Non
     keys = ("robust_items", "robust_acc", "robust_recall", "robust_balanced_acc", "square_n", "square_attacked",
             "square_only_broken", "by_attack")  # fmt: skip
     assert {k: old["budgets"][1][k] for k in keys} == {k: now["budgets"][1][k] for k in keys}
+    assert old["budgets"][1]["evaluations_per_item"] == pytest.approx(now["budgets"][1]["evaluations_per_item"])
     assert old["flags"] == now["flags"]
     assert add_sanity_square(old, model, x, y, EPS, SuiteConfig(**base)) == 0  # nothing left to add
 
