@@ -45,7 +45,7 @@ from robustdx.core.data import Splits, build_splits
 from robustdx.core.data.base import ImageDataset
 from robustdx.core.evaluation import metrics as ev
 from robustdx.core.evaluation import statistics as st
-from robustdx.core.evaluation.suite import add_sanity_square, evaluation_items, run_suite, square_items, suite_flags
+from robustdx.core.evaluation.suite import add_sanity_square, evaluation_items, run_suite, sanity_without_square, suite_flags
 from robustdx.core.explain import quality
 from robustdx.core.explain.ig import integrated_gradients
 from robustdx.core.explain.maps import attribution_map
@@ -304,10 +304,7 @@ def complete_cell(record: dict[str, Any], cfg: RunConfig, exp: ExperimentConfig,
     from robustdx.core.release.bundle import load_bundle
 
     r, eps = exp.robustness, float(cfg.attack.eps)
-    if not any(
-        b["role"] == "sanity" and "square_n" not in b and square_items("sanity", b["eps"], eps, b["n"], r)
-        for b in record["robustness"]["budgets"]
-    ):
+    if not sanity_without_square(record["robustness"], eps, r):
         return False
     bundle = cfg.run_dir / "bundle"
     if not bundle.is_dir():

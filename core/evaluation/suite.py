@@ -243,6 +243,14 @@ def _sanity_flag(r: dict[str, Any], cfg: SuiteConfig) -> str:
     )
 
 
+def sanity_without_square(robustness: dict[str, Any], train_eps: float, cfg: SuiteConfig) -> list[dict[str, Any]]:
+    """The sanity budgets of a record that ``cfg`` would have Square attack but that have no Square result yet."""
+    return [
+        r for r in robustness["budgets"]
+        if r["role"] == "sanity" and "square_n" not in r and square_items("sanity", r["eps"], train_eps, r["n"], cfg)
+    ]  # fmt: skip
+
+
 def add_sanity_square(
     robustness: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor, train_eps: float, cfg: SuiteConfig, n_classes: int = 2
 ) -> int:
@@ -255,10 +263,8 @@ def add_sanity_square(
     A sanity flag can only go (Square broke enough of what was left) or change its reason, never appear.
     """
     done = 0
-    for rec in robustness["budgets"]:
+    for rec in sanity_without_square(robustness, train_eps, cfg):
         n = rec["n"]
-        if rec["role"] != "sanity" or "square_n" in rec or not square_items("sanity", rec["eps"], train_eps, n, cfg):
-            continue
         started = time.perf_counter()
         gradient = np.asarray(rec["robust_items"], dtype=bool)
         standing = torch.as_tensor(gradient, device=x.device)
