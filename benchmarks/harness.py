@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,13 @@ def add_common_args(ap: argparse.ArgumentParser, name: str) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny inputs, seconds: checks the code path, measures nothing")
     ap.add_argument("--out", type=Path, default=None, help=f"result JSON [benchmarks/results/{name}.json]")
     ap.set_defaults(_benchmark=name)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that ``with`` and ``finally`` blocks run: the servers a benchmark starts
+    live in their own session (``LocalServer``), out of reach of a signal to this process's group, and a killed
+    benchmark would otherwise leave them serving."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def out_path(args: argparse.Namespace) -> Path:
@@ -60,7 +69,7 @@ def write_result(args: argparse.Namespace, result: dict[str, Any], load_before: 
     result = {
         **result,
         "quick": bool(args.quick),
-        "commit": git_commit(REPO),
+        "commit": git_commit(REPO, ignore=[str(RESULTS.relative_to(REPO))]),
         "machine": machine(),
         "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()),

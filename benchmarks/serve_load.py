@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
-from harness import add_common_args, headline, spread, write_result
+from harness import add_common_args, exit_on_sigterm, headline, spread, write_result
 from PIL import Image
 
 from robustdx.core.config import parse_config
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900, help="Time limit of each run.")
     add_common_args(ap, "serve_load")
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.quick:
         args.arch, args.size, args.requests, args.runs, args.rss_requests = "test_cnn", 32, 40, 1, 3_000
         args.warmup, args.concurrency, args.bare_seconds, args.max_seconds, args.settle_seconds = 4, 4, 0.5, 120.0, 0.1

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import REPO, add_common_args, write_result
+from harness import REPO, add_common_args, exit_on_sigterm, write_result
 from serve_load import images, make_bundle, worker_rss
 
 from robustdx.core.release.pointer import write_production
@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=16.0, help="Idle seconds before each RSS reading.")
     add_common_args(ap, "service_reliability")
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.quick:
         args.arch, args.size, args.seconds, args.idle_seconds, args.fuzz = "test_cnn", 32, 3.0, 1.0, 60
         args.fuzz_clients, args.explain_clients, args.slow_sockets, args.slow_seconds = 2, 2, 2, 3.0

@@ -14,7 +14,8 @@ a baseline faithful to the authors' code (github.com/rjunw/supcon-adversarial, `
 
 The step's arithmetic is counted with ``torch.utils.flop_counter`` on its passes (a forward + backward with
 weight and input gradients, and one with input gradients only) and set against the machine's matmul peak,
-measured in the same run (fp32 ``mm`` of two 2048² matrices on the same threads).
+measured in the same run: the fastest fp32 product of two 2048² matrices on the same threads, through MKL's
+``mm`` and through oneDNN as a 1×1 convolution (see :func:`matmul_peak`).
 
     python benchmarks/train_throughput.py            # ResNet-18 @ 96 px, batch 32, PGD-5, 7 interleaved repeats
     python benchmarks/train_throughput.py --quick    # seconds: tiny CNN, checks the code path
@@ -123,17 +124,30 @@ def step_flops(model: nn.Module, views: Tensor, pgd_steps: int) -> dict[str, flo
     return {"authors": (pgd_steps + 1) * full, "robustdx": pgd_steps * inputs_only + full}
 
 
-def matmul_peak(threads: int, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of a 2048² matrix product on ``threads`` threads (best of ``repeats``)."""
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """fp32 GFLOP/s of an ``n``² matrix product on ``threads`` threads (best of ``repeats``), through each GEMM
+    the model's passes can reach: ``torch.mm`` (MKL) and the same product as a 1×1 convolution (oneDNN, the
+    library that runs the model's convolutions), channels-first and channels_last. The peak is the fastest of
+    them: MKL's ``mm`` alone can be far from the machine's peak (about half of oneDNN's on an AVX-512 AMD CPU),
+    and then a conv network's step would show more than 100 % of it."""
     torch.set_num_threads(threads)
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * 2048**3 / best / 1e9
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    conv = nn.Conv2d(n, n, 1, bias=False).eval()
+    x = torch.rand(1, n, n // 32, 32)  # a [n, n] @ [n, n] product: n output channels at n positions
+    conv_nhwc = nn.Conv2d(n, n, 1, bias=False).eval().to(memory_format=torch.channels_last)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    kernels = {"mm": lambda: a @ b, "conv1x1": lambda: conv(x), "conv1x1_channels_last": lambda: conv_nhwc(x_nhwc)}
+    rates = {}
+    with torch.no_grad():
+        for name, run in kernels.items():
+            run()
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t)
+            rates[name] = 2 * n**3 / best / 1e9
+    return rates
 
 
 def main() -> None:
@@ -179,14 +193,23 @@ def main() -> None:
         ours()
     flops = step_flops(m_a, views, pgd_steps)
     times = interleaved({"authors": authors, "robustdx": ours}, repeats, log=lambda m: print(m, file=sys.stderr))
-    peak = matmul_peak(threads) if device.type == "cpu" else None
+    gemm = matmul_peak(threads) if device.type == "cpu" else None
+    peak = max(gemm.values()) if gemm else None
     ips = {k: batch / spread(v)["median"] for k, v in times.items()}
     achieved = {k: flops[k] / spread(times[k])["median"] / 1e9 for k in times}
     out = {
         "benchmark": "adv_supcon_train_step",
         "settings": {
-            "arch": arch, "image_size": size, "batch": batch, "views": 2, "pgd_steps": pgd_steps, "threads": threads,
-            "warmup": warmup, "repeats": repeats, "device": str(device), "temperature": TAU,
+            "arch": arch,
+            "image_size": size,
+            "batch": batch,
+            "views": 2,
+            "pgd_steps": pgd_steps,
+            "threads": threads,
+            "warmup": warmup,
+            "repeats": repeats,
+            "device": str(device),
+            "temperature": TAU,
             "authors_attack": f"eps {EPS_NORMALISED} step {STEP_NORMALISED} (normalised space), random start",
             "robustdx_attack": "eps 8/255 (pixel space), step 2.5*eps/steps, random start",
         },  # fmt: skip
@@ -195,6 +218,7 @@ def main() -> None:
         "gflop_per_step": {k: v / 1e9 for k, v in flops.items()},
         "achieved_gflop_per_s": achieved,
         "matmul_peak_gflop_per_s": peak,
+        "gemm_gflop_per_s": gemm,
         "fraction_of_matmul_peak": {k: v / peak for k, v in achieved.items()} if peak else None,
         "headline": headline(
             "adversarial-SupCon training step, images/s",

@@ -13,7 +13,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,15 +32,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def git_commit(repo: Path) -> str:
+def git_commit(repo: Path, ignore: Sequence[str] = ()) -> str:
     """The commit checked out in ``repo``, with ``+dirty`` when tracked files differ from it (``unknown`` outside
-    git): what a benchmark result or an experiment cell was measured with."""
+    git): what a benchmark result or an experiment cell was measured with. Changes under ``ignore`` (paths
+    relative to ``repo``) do not count: benchmarks run one after another write their results into tracked
+    files, which would mark every later result of the same, unchanged code as measured on a dirty tree."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in ignore))
+        return git("rev-parse", "HEAD") + ("+dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -109,9 +112,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(
-    probe: Callable[[], T], timeout: float, what: str, *, ok: Callable[[T], bool] = bool, interval: float = 0.3
-) -> T:
+def wait_until(probe: Callable[[], T], timeout: float, what: str, *, ok: Callable[[T], bool] = bool, interval: float = 0.3) -> T:
     """Call ``probe`` every ``interval`` seconds until ``ok(value)`` (default: the value is truthy); return it.
 
     Raises:

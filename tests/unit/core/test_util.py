@@ -134,5 +134,13 @@ def test_git_commit_is_the_checkout_of_the_folder_given_with_dirty_marked(tmp_pa
     assert git_commit(repo) == head
     (repo / "b.txt").write_text("untracked files do not count")
     assert git_commit(repo) == head
-    (repo / "a.txt").write_text("2")
+    (repo / "results").mkdir()
+    (repo / "results" / "r.json").write_text("1")
+    subprocess.run(["git", "add", "results/r.json"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "two"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    (repo / "results" / "r.json").write_text("2")  # a result written by an earlier benchmark of the same run
     assert git_commit(repo) == head + "+dirty"
+    assert git_commit(repo, ignore=["results"]) == head
+    (repo / "a.txt").write_text("2")
+    assert git_commit(repo, ignore=["results"]) == head + "+dirty"
