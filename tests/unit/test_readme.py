@@ -66,3 +66,22 @@ def test_a_ratio_over_its_goal_is_met_even_when_another_goal_is_missed() -> None
 def test_an_unknown_figure_block_is_an_error() -> None:
     with pytest.raises(KeyError, match="no renderer"):
         _figures().render("<!-- figure:nonsense -->x<!-- /figure -->")
+
+
+def test_benchmark_details_compute_what_a_missed_goal_would_need() -> None:
+    figures = _figures()
+    train = {
+        "gflop_per_step": {"authors": 800.0, "robustdx": 600.0},
+        "fraction_of_matmul_peak": {"authors": 0.5, "robustdx": 0.6},
+        "matmul_peak_gflop_per_s": 400.0,
+        "headline": {"goal": ">= 2x"},
+    }
+    # time ∝ GFLOP / fraction: 2x needs 2 * 0.5 * 600 / 800 = 75 % of peak
+    assert "2x would need 75% of peak" in figures._why_train(train)
+    rss = [[i * 1000, mb] for i, mb in enumerate([100.0, 110.0, 130.0, 130.4, 130.2, 130.5])]
+    serve = {"bare_model_images_per_s": {"median": 400.0}, "memory": {"rss_mb_every_1000": rss}}
+    assert "130 MB after 5,000 requests, within 1 MB of that from 2,000 on" in figures._why_serve(serve)
+    text = figures.benchmark_details()
+    for path in (REPO / "benchmarks" / "results").glob("*.json"):
+        if path.stem in figures.WHY:
+            assert f"- `{path.stem}` (commit `" in text
