@@ -110,11 +110,17 @@ def _extras(h: dict[str, Any]) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
+def _goal_ratio(goal: object) -> float | None:
+    """The ratio a ``">= 3x"`` goal asks for; ``None`` for a goal of another form."""
+    m = re.fullmatch(r">= ([0-9.]+)x", str(goal))
+    return float(m[1]) if m else None
+
+
 def _ratio_met(h: dict[str, Any]) -> bool:
     """Whether the ratio meets its own goal (``">= 3x"``). ``h["met"]`` also needs every ``requires_*``, which
     the line lists one by one, so a ratio over its goal is not called missed because another goal was."""
-    m = re.fullmatch(r">= ([0-9.]+)x", str(h["goal"]))
-    return bool(h["ratio"] >= float(m[1])) if m else bool(h["met"])
+    goal = _goal_ratio(h["goal"])
+    return bool(h["ratio"] >= goal) if goal is not None else bool(h["met"])
 
 
 def benchmarks() -> str:
@@ -142,7 +148,9 @@ def benchmarks() -> str:
 
 def _why_train(d: dict[str, Any]) -> str:
     flop, frac = d["gflop_per_step"], d["fraction_of_matmul_peak"]
-    goal = float(str(d["headline"]["goal"]).removeprefix(">= ").removesuffix("x"))
+    goal = _goal_ratio(d["headline"]["goal"])
+    if goal is None:
+        raise ValueError(f"train_throughput's goal {d['headline']['goal']!r} is not of the form '>= Nx'")
     needed = goal * frac["authors"] * flop["robustdx"] / flop["authors"]
     return (
         f"robustdx's attack takes input gradients only, so its step is {flop['robustdx']:.0f} GFLOP against the "
